@@ -1,0 +1,66 @@
+r"""Train-step throughput of the demo's VAE and DiT configs on this machine's devices.
+
+  python bench/train_step_speed.py --vae_workdir runs/demo/vae [--steps 20]
+
+Times `--steps` jitted steps after one warm-up (compile) step, for each objective, and prints
+steps/s and examples/s. The DiT needs a trained (or briefly trained) VAE workdir for its encoder.
+"""
+import argparse
+import os
+import tempfile
+import time
+
+import flax.linen as nn
+import jax
+
+from sorajax import configuration
+from sorajax import train
+from sorajax.data import pipeline
+from sorajax.parallel import mesh as mesh_lib
+from sorajax.training import objectives
+from sorajax.training import state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def time_steps(config, steps: int, workdir: str) -> float:
+  mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  rules = mesh_lib.logical_rules(config.logical_rules)
+  objective = objectives.build_objective(config, mesh)
+  objective.prepare(workdir)
+  optimizer = state_lib.make_optimizer(config.train)
+  state, shardings = state_lib.init_sharded_state(
+      objective.init_params, optimizer, config.train.ema_decay, jax.random.key(0), mesh, rules)
+  batches = pipeline.train_batches(config, mesh, objective.tokenizer)
+  frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
+  step = jax.jit(train.make_train_step(objective, optimizer, config.train.ema_decay),
+                 in_shardings=(shardings, None, mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
+                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+  rng = jax.random.key(1)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state, metrics = step(state, next(batches), frozen, rng)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = step(state, next(batches), frozen, rng)
+    jax.block_until_ready(metrics)
+  return (time.perf_counter() - start) / steps
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--vae_workdir", required=True)
+  parser.add_argument("--steps", type=int, default=20)
+  args = parser.parse_args()
+  print(f"devices: {jax.devices()}")
+  for name in ("vae", "dit"):
+    config = configuration.load_config_file(os.path.join(ROOT, f"configs/shapes/{name}.py"))
+    config.vae_workdir = args.vae_workdir if name == "dit" else ""
+    with tempfile.TemporaryDirectory() as workdir:
+      seconds = time_steps(config, args.steps, workdir)
+    print(f"{name}: batch {config.train.batch_size}: {seconds * 1000:.0f} ms/step, "
+          f"{1 / seconds:.2f} steps/s, {config.train.batch_size / seconds:.1f} examples/s")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,70 @@
+r"""Text-to-video DiT on the built-in shapes world (the second half of `make demo`).
+
+Needs a trained VAE workdir (configs/shapes/vae.py):
+
+  python -m sorajax.train --config configs/shapes/dit.py --workdir runs/demo/dit \
+      --config.vae_workdir=runs/demo/vae
+  python -m sorajax.train --config configs/shapes/dit.py:variant=tiny,steps=20 --workdir /tmp/dit \
+      --config.vae_workdir=/tmp/vae
+
+Arg keys: variant (tiny|demo|S/2|B/2), frames, size, steps, batch.
+"""
+import ml_collections
+
+from sorajax.configuration import parse_arg
+from sorajax.parallel import mesh
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, variant="demo", frames=9, size=32, steps=1500, batch=32)
+  config = ml_collections.ConfigDict()
+  config.objective = "dit"
+  config.seed = 0
+  config.compute_dtype = "float32"
+  config.vae_workdir = "runs/demo/vae"
+
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))
+  config.logical_rules = [list(rule) for rule in mesh.DEFAULT_LOGICAL_RULES]
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "shapes"
+  config.data.frames = arg.frames
+  config.data.height = arg.size
+  config.data.width = arg.size
+  config.data.min_objects = 1
+  config.data.max_objects = 3
+  config.data.worker_count = 0
+  config.data.text_max_length = 16
+
+  config.dit = ml_collections.ConfigDict()
+  config.dit.variant = arg.variant
+  config.dit.patch = (1, 2, 2)
+  config.dit.attention = "xla"
+
+  config.text = ml_collections.ConfigDict()
+  config.text.hidden = 128
+  config.text.depth = 2
+  config.text.num_heads = 4
+
+  config.flow = ml_collections.ConfigDict()
+  config.flow.logit_mean = 0.0
+  config.flow.logit_std = 1.0
+  config.flow.caption_dropout = 0.1
+  config.flow.latent_stats_batches = 8  # batches used to measure the VAE latents' mean and std
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.steps = 30
+  config.sample.guidance = 4.0
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = arg.batch
+  config.train.num_steps = arg.steps
+  config.train.learning_rate = 1e-3
+  config.train.warmup_steps = 100
+  config.train.weight_decay = 0.0
+  config.train.grad_clip = 1.0
+  config.train.ema_decay = 0.999
+  config.train.log_every = 50
+  config.train.checkpoint_every = 500
+  config.train.keep_checkpoints = 2
+  return config

@@ -1,0 +1,53 @@
+r"""Causal video VAE on the built-in shapes world (the first half of `make demo`).
+
+  python -m sorajax.train --config configs/shapes/vae.py --workdir runs/demo/vae
+  python -m sorajax.train --config configs/shapes/vae.py:variant=tiny,steps=20 --workdir /tmp/vae
+
+Arg keys: variant (tiny|demo|base), frames, size, steps, batch.
+"""
+import ml_collections
+
+from sorajax.configuration import parse_arg
+from sorajax.parallel import mesh
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, variant="demo", frames=9, size=32, steps=600, batch=16)
+  config = ml_collections.ConfigDict()
+  config.objective = "vae"
+  config.seed = 0
+  config.compute_dtype = "float32"
+
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))
+  config.logical_rules = [list(rule) for rule in mesh.DEFAULT_LOGICAL_RULES]
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "shapes"
+  config.data.frames = arg.frames
+  config.data.height = arg.size
+  config.data.width = arg.size
+  config.data.min_objects = 1
+  config.data.max_objects = 3
+  config.data.worker_count = 0
+  config.data.text_max_length = 16
+
+  config.vae = ml_collections.ConfigDict()
+  config.vae.variant = arg.variant
+  config.vae.temporal_factor = 4
+  config.vae.spatial_factor = 4
+  config.vae.latent_channels = 4
+  config.vae.recon_loss = "l1"  # l1 | l2
+  config.vae.kl_weight = 1e-6
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = arg.batch
+  config.train.num_steps = arg.steps
+  config.train.learning_rate = 2e-3
+  config.train.warmup_steps = 50
+  config.train.weight_decay = 0.0
+  config.train.grad_clip = 1.0
+  config.train.ema_decay = 0.0  # the VAE is used as trained
+  config.train.log_every = 25
+  config.train.checkpoint_every = 200
+  config.train.keep_checkpoints = 2
+  return config

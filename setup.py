@@ -1,0 +1,30 @@
+"""sorajax: Sora-style text-to-video training and sampling in JAX."""
+import setuptools
+
+setuptools.setup(
+    name="sorajax",
+    version="0.1.0",
+    description="Train and sample Sora-style text-to-video models with JAX and Flax.",
+    packages=setuptools.find_packages(include=["sorajax", "sorajax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.10",
+        "optax",
+        "orbax-checkpoint",
+        "grain",
+        "ml_collections",
+        "chex",
+        "absl-py",
+        "numpy",
+        "av",            # PyAV: mp4 writing
+        "pillow",        # gif and contact sheets
+        "tqdm",
+        "tensorboardX",
+    ],
+    extras_require={
+        # TFDS drags in TensorFlow; only the TFDS source needs it.
+        "tfds": ["tensorflow-datasets", "tensorflow-cpu"],
+        "dev": ["pytest", "pytest-xdist"],
+    },
+)

@@ -1,0 +1,137 @@
+"""Config files, command-line overrides and the one-line errors users see when either is wrong.
+
+Configs are big_vision-style Python files with `get_config(arg)`; the arg is a comma-separated list of
+`key=value` pairs (`configs/shapes/dit.py:variant=tiny,frames=17`). Overrides come as absl flags
+(`--config.train.num_steps=100`); ml_collections applies them, but an unknown key there ends in a
+traceback, so `check_argv` looks at them first and names the closest valid keys.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import ml_collections
+from absl import app
+from absl import logging as absl_logging
+
+
+class ConfigError(ValueError):
+  """A problem with the user's config, flags or inputs: reported as one line, without a traceback."""
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses 'a=1,b=x' over typed defaults: values take the type of their default."""
+  values = dict(defaults)
+  if not arg:
+    return ml_collections.ConfigDict(values)
+  for item in arg.split(","):
+    if not item:
+      continue
+    key, sep, raw = item.partition("=")
+    if key not in defaults:
+      raise ConfigError(f"config arg {key!r} is unknown; valid: {', '.join(sorted(defaults))}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      values[key] = raw.lower() in ("1", "true", "yes") if sep else True
+    elif default is None:
+      values[key] = raw
+    else:
+      values[key] = type(default)(raw)
+  return ml_collections.ConfigDict(values)
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    keys.append(path)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(flat_keys(value, path + "."))
+  return keys
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads 'path/to/config.py[:arg]' the way `--config` does."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist; pass e.g. --config configs/shapes/dit.py")
+  module_spec = importlib.util.spec_from_file_location("sorajax_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def check_overrides(config: ml_collections.ConfigDict, keys: Sequence[str]) -> None:
+  valid = flat_keys(config)
+  for key in keys:
+    if key not in valid:
+      close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+      hint = f"did you mean {' or '.join(close)}?" if close else "see the config file for valid keys"
+      raise ConfigError(f"unknown config key {key!r}; {hint}")
+
+
+def check_argv(argv: Sequence[str], flag: str = "config") -> None:
+  """Validates `--config` and its `--config.key=value` overrides before absl parses them."""
+  spec, overrides = None, []
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg in (f"--{flag}", f"-{flag}") and i + 1 < len(args):
+      spec = args[i + 1]
+    elif arg.startswith(f"--{flag}="):
+      spec = arg.split("=", 1)[1]
+    elif arg.startswith(f"--{flag}."):
+      overrides.append(arg[len(flag) + 3:].split("=", 1)[0])
+  if spec is None:
+    return
+  config = load_config_file(spec)
+  check_overrides(config, overrides)
+
+
+def run(main: Callable[[Sequence[str]], None], check_config_flag: bool = True) -> None:
+  """`absl.app.run` that turns ConfigErrors into a single 'error: ...' line and exit status 2."""
+  def guarded(argv):
+    # Library INFO logs (Orbax, absl) drown the progress line; --verbosity=0 brings them back.
+    if not any(arg.startswith(("--verbosity", "-v")) for arg in sys.argv[1:]):
+      absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+      main(argv)
+    except ConfigError as e:
+      sys.stderr.write(f"error: {e}\n")
+      sys.exit(2)
+
+  try:
+    if check_config_flag:
+      check_argv(sys.argv)
+  except ConfigError as e:
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
+  app.run(guarded)
+
+
+def write_json_atomic(path: str, payload) -> None:
+  """Writes JSON to a temporary name, then renames, so a reader never sees half a file."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True, default=str)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the fully resolved config to `workdir/config.json`."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  write_json_atomic(path, config.to_dict())
+  return path
+
+
+def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{workdir!r} holds no config.json; is it a sorajax.train workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

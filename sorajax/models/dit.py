@@ -1,0 +1,190 @@
+"""Spacetime DiT: predicts the flow velocity of video latents under a timestep and a text prompt.
+
+x (B, T, H, W, C) is cut into (pt, ph, pw) patches, each a token; all tokens of all frames attend to
+each other (full spacetime self-attention), then cross-attend to the text tokens. Conditioning on the
+timestep is adaLN-Zero (DiT): every block's modulation starts at zero so the block starts as identity,
+and the final projection starts at zero so the untrained model predicts exactly zero velocity.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sorajax.models import layers
+from sorajax.models.factors import check_multiple
+
+Dtype = layers.Dtype
+_zeros = nn.initializers.zeros
+
+
+def _sincos_1d(positions: np.ndarray, dim: int) -> np.ndarray:
+  omega = 1.0 / 10_000 ** (np.arange(dim // 2, dtype=np.float64) / (dim // 2))
+  angles = positions[:, None] * omega[None, :]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
+
+
+def sincos_3d(grid: tuple[int, int, int], dim: int) -> np.ndarray:
+  """Fixed (gt*gh*gw, dim) position table, row-major over (t, h, w).
+
+  Channels split into time | height | width, each with its own 1D sin-cos; width and height get
+  2*(dim//6) channels each and time the rest. Built from integer positions for the grid actually seen,
+  so one set of weights serves any grid size.
+  """
+  if dim % 2 or dim < 6:
+    raise ValueError(f"hidden={dim} must be even and >= 6 for 3D sin-cos positions")
+  d_space = 2 * (dim // 6)
+  t, h, w = (a.reshape(-1) for a in np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"))
+  table = [_sincos_1d(t, dim - 2 * d_space), _sincos_1d(h, d_space), _sincos_1d(w, d_space)]
+  return np.concatenate(table, axis=-1).astype(np.float32)
+
+
+def patchify(x: jax.Array, patch: tuple[int, int, int]) -> jax.Array:
+  """(B, T, H, W, C) -> (B, T/pt * H/ph * W/pw, pt*ph*pw*C), tokens row-major over (t, h, w)."""
+  b, t, h, w, c = x.shape
+  pt, ph, pw = patch
+  x = x.reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c)
+  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+  return x.reshape(b, (t // pt) * (h // ph) * (w // pw), pt * ph * pw * c)
+
+
+def unpatchify(
+  tokens: jax.Array, grid: tuple[int, int, int], patch: tuple[int, int, int]
+) -> jax.Array:
+  """Inverse of `patchify`: (B, N, pt*ph*pw*C) -> (B, T, H, W, C)."""
+  b = tokens.shape[0]
+  (gt, gh, gw), (pt, ph, pw) = grid, patch
+  c = tokens.shape[-1] // (pt * ph * pw)
+  x = tokens.reshape(b, gt, gh, gw, pt, ph, pw, c)
+  x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
+  return x.reshape(b, gt * pt, gh * ph, gw * pw, c)
+
+
+def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  return x * (1.0 + scale) + shift
+
+
+class DiTBlock(nn.Module):
+  """adaLN-Zero block: modulated self-attention, cross-attention to text, modulated MLP."""
+
+  hidden: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  attention: str = "xla"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cond, context, context_mask):
+    # One projection gives shift/scale/gate for both branches; zero init makes the block identity.
+    # Its 6*hidden output dim is sharded like an MLP hidden dim.
+    mod = layers.Dense(
+      6 * self.hidden, ("embed", "mlp"), kernel_init=_zeros, dtype=self.dtype, name="modulation"
+    )(nn.silu(cond))
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod[:, None, :], 6, axis=-1)
+    plain_norm = lambda name: layers.LayerNorm(  # adaLN supplies the affine part
+      use_scale=False, use_bias=False, dtype=self.dtype, name=name
+    )
+
+    h = _modulate(plain_norm("norm1")(x), shift1, scale1)
+    h = layers.Attention(
+      self.num_heads, implementation=self.attention, dtype=self.dtype, name="self_attn"
+    )(h)
+    x = layers.constrain(x + gate1 * h, layers.TOKENS)
+
+    # Cross-attention is not timestep-modulated (as in PixArt); its zero-init output keeps identity.
+    h = layers.LayerNorm(dtype=self.dtype, name="norm_cross")(x)
+    h = layers.Attention(
+      self.num_heads,
+      zero_out=True,
+      implementation=self.attention,
+      dtype=self.dtype,
+      name="cross_attn",
+    )(h, context, context_mask[:, None, None, :])
+    x = layers.constrain(x + h, layers.TOKENS)
+
+    h = _modulate(plain_norm("norm2")(x), shift2, scale2)
+    h = layers.MLP(int(self.hidden * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
+    return layers.constrain(x + gate2 * h, layers.TOKENS)
+
+
+class DiT(nn.Module):
+  """Diffusion transformer over spacetime patches; `__call__` returns the velocity, shaped like x."""
+
+  hidden: int
+  depth: int
+  num_heads: int
+  out_channels: int
+  mlp_ratio: float = 4.0
+  patch: tuple[int, int, int] = (1, 2, 2)
+  attention: str = "xla"
+  dtype: Dtype = jnp.float32
+
+  def _grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(shape) != 5:
+      raise ValueError(f"latent shape={shape} is not (B, T, H, W, C)")
+    for name, size, p in zip(("frames", "height", "width"), shape[1:4], self.patch):
+      check_multiple(name, size, p, what="latent")
+    return tuple(size // p for size, p in zip(shape[1:4], self.patch))
+
+  @nn.compact
+  def __call__(self, x, t, context, context_mask):
+    """x (B, T, H, W, C), t (B,) in [0, 1], context (B, L, D) text, context_mask (B, L) bool -> (B, T, H, W, out)."""
+    grid = self._grid(x.shape)
+    if context_mask.shape != context.shape[:2]:
+      raise ValueError(
+        f"context_mask shape={context_mask.shape} must equal context[:2]={context.shape[:2]}"
+      )
+    tokens = patchify(x.astype(self.dtype), self.patch)
+    h = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype, name="patch_embed")(tokens)
+    h = h + jnp.asarray(sincos_3d(grid, self.hidden), self.dtype)
+    h = layers.constrain(h, layers.TOKENS)
+    cond = layers.TimestepEmbedder(self.hidden, dtype=self.dtype, name="t_embed")(t)
+    context = context.astype(self.dtype)
+    context_mask = context_mask.astype(bool)
+    for i in range(self.depth):
+      h = DiTBlock(
+        self.hidden, self.num_heads, self.mlp_ratio, self.attention, self.dtype, name=f"block_{i}"
+      )(h, cond, context, context_mask)
+    # Final adaLN layer and zero-initialised projection back to patches.
+    mod = layers.Dense(
+      2 * self.hidden,
+      ("embed", "mlp"),
+      kernel_init=_zeros,
+      dtype=self.dtype,
+      name="final_modulation",
+    )(nn.silu(cond))
+    shift, scale = jnp.split(mod[:, None, :], 2, axis=-1)
+    h = layers.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="final_norm")(h)
+    out = layers.Dense(
+      int(np.prod(self.patch)) * self.out_channels,
+      ("embed", None),
+      kernel_init=_zeros,
+      dtype=self.dtype,
+      name="final_proj",
+    )(_modulate(h, shift, scale))
+    return unpatchify(out, grid, self.patch).astype(jnp.float32)
+
+
+VARIANTS: dict[str, dict] = {
+  "tiny": dict(hidden=32, depth=2, num_heads=2),  # unit tests
+  "demo": dict(hidden=128, depth=4, num_heads=4),  # the CPU shapes demo
+  # The DiT paper's sizes (Peebles & Xie, 2023), with patch (1, 2, 2).
+  "S/2": dict(hidden=384, depth=12, num_heads=6),
+  "B/2": dict(hidden=768, depth=12, num_heads=12),
+  "L/2": dict(hidden=1024, depth=24, num_heads=16),
+  "XL/2": dict(hidden=1152, depth=28, num_heads=16),
+}
+_DEFAULTS = dict(out_channels=4, patch=(1, 2, 2))
+
+
+def get_dit(variant: str, **overrides) -> DiT:
+  """Build a DiT from a named variant; keyword overrides replace single fields (e.g. out_channels=16)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"DiT variant={variant!r} is unknown; valid: {', '.join(VARIANTS)}")
+  fields = {f.name for f in dataclasses.fields(DiT)} - {"parent", "name"}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"DiT override {unknown[0]!r} is unknown; valid: {', '.join(sorted(fields))}")
+  return DiT(**{**_DEFAULTS, **VARIANTS[variant], **overrides})

@@ -1,0 +1,58 @@
+"""Shape rules shared by the VAE and the DiT, with errors that name the nearest valid size.
+
+Every check here runs in Python on static shapes, so a bad shape fails at trace time with one line
+instead of an XLA shape error deep inside a convolution.
+"""
+
+
+def nearest_valid(value: int, step: int, offset: int = 0, minimum: int | None = None) -> list[int]:
+  """The valid sizes (offset + step*k) on either side of `value`, smallest first.
+
+  `minimum` drops candidates below the smallest size that makes sense (e.g. one frame).
+  """
+  lower = offset + ((value - offset) // step) * step
+  candidates = [lower, lower + step]
+  if minimum is not None:
+    candidates = [c for c in candidates if c >= minimum] or [minimum]
+  return candidates
+
+
+def _describe(candidates: list[int]) -> str:
+  return " or ".join(str(c) for c in candidates)
+
+
+def check_multiple(name: str, value: int, step: int, what: str = "") -> None:
+  """Raise a one-line ValueError unless `value` is a positive multiple of `step`."""
+  if value >= step and value % step == 0:
+    return
+  label = f"{what} {name}" if what else name
+  near = _describe(nearest_valid(value, step, minimum=step))
+  raise ValueError(f"{label}={value} is not a multiple of {step}; nearest valid: {near}")
+
+
+def check_frames(frames: int, temporal_factor: int) -> None:
+  """Frame counts are 1 + f*k: the first frame is encoded alone (so an image is one frame)."""
+  f = temporal_factor
+  if frames >= 1 and (frames - 1) % f == 0:
+    return
+  near = _describe(nearest_valid(frames, f, offset=1, minimum=1))
+  raise ValueError(f"frames={frames} is not 1 + {f}*k; nearest valid: {near}")
+
+
+def check_video_shape(
+  frames: int, height: int, width: int, temporal_factor: int, spatial_factor: int
+) -> None:
+  """Raise a one-line ValueError naming the first bad dimension and the nearest valid values."""
+  check_frames(frames, temporal_factor)
+  check_multiple("height", height, spatial_factor)
+  check_multiple("width", width, spatial_factor)
+
+
+def log2_exact(value: int, name: str) -> int:
+  """log2 of a power of two, or a one-line ValueError naming the nearest powers."""
+  if value >= 1 and value & (value - 1) == 0:
+    return value.bit_length() - 1
+  lower = 1 << (value.bit_length() - 1) if value >= 1 else 1
+  raise ValueError(
+    f"{name}={value} is not a power of 2; nearest valid: {_describe([lower, 2 * lower])}"
+  )

@@ -1,0 +1,286 @@
+"""Small building blocks shared by the VAE, the DiT and the text encoder.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) so the mesh mapping can live in
+config. Parameter names: "embed" (model width), "mlp" (MLP hidden), "heads" and "kv" (attention heads and
+head_dim, kept as separate kernel dims), "vocab", "conv_in"/"conv_out" (conv channels), "norm" (norm scales
+and biases), None (small dims: kernel windows, patch vectors). Key activations are constrained with the
+"activation_*" names below; without axis rules in scope those constraints are no-ops.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sorajax.models import attention
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+# Activation layouts, named once so every module constrains the same way.
+TOKENS = ("activation_batch", "activation_length", "activation_embed")
+TOKENS_MLP = ("activation_batch", "activation_length", "activation_mlp")
+TOKENS_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+VIDEO = ("activation_batch", None, None, None, None)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Logical sharding constraint; a no-op unless axis rules are in scope."""
+  return nn.with_logical_constraint(x, names)
+
+
+def _xavier(in_dims: int, ndim: int) -> Initializer:
+  # Fan-in/fan-out over grouped dims, so a (embed, heads, kv) kernel is initialised like (embed, heads*kv).
+  return nn.initializers.variance_scaling(
+    1.0, "fan_avg", "uniform", in_axis=tuple(range(in_dims)), out_axis=tuple(range(in_dims, ndim))
+  )
+
+
+class Dense(nn.Module):
+  """Linear map contracting the last `in_dims` input dims into `features` (an int or a tuple of dims).
+
+  `kernel_axes` names every kernel dim (input dims then feature dims); the bias takes the feature names.
+  """
+
+  features: int | tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  in_dims: int = 1
+  use_bias: bool = True
+  kernel_init: Initializer | None = None  # None: Xavier-uniform over the grouped dims
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    shape = tuple(x.shape[x.ndim - self.in_dims :]) + features
+    if len(self.kernel_axes) != len(shape):
+      raise ValueError(
+        f"kernel_axes={self.kernel_axes} must name {len(shape)} dims of kernel {shape}"
+      )
+    init = self.kernel_init or _xavier(self.in_dims, len(shape))
+    kernel = self.param(
+      "kernel", nn.with_logical_partitioning(init, self.kernel_axes), shape, self.param_dtype
+    )
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
+    if self.use_bias:
+      bias_axes = self.kernel_axes[self.in_dims :]
+      bias = self.param(
+        "bias",
+        nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+        features,
+        self.param_dtype,
+      )
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Embed(nn.Module):
+  """Lookup table (num_embeddings, features) named ("vocab", "embed")."""
+
+  num_embeddings: int
+  features: int
+  axes: tuple[str | None, str | None] = ("vocab", "embed")
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    init = nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes)
+    table = self.param("embedding", init, (self.num_embeddings, self.features), self.param_dtype)
+    return jnp.take(table, ids, axis=0).astype(self.dtype)
+
+
+class CausalConv3D(nn.Module):
+  """3D convolution over (B, T, H, W, C) that is causal in time and 'same' in space.
+
+  Time is padded with kernel_t - 1 *replicated copies of the first frame* at the front (not zeros): the
+  past of the first frame looks like a still frame, matching how the VAE pads its input, and output frame
+  t depends only on input frames <= t. A kernel_t of 1 runs as a batched 2D conv, which XLA:CPU does fast.
+  """
+
+  features: int
+  kernel_size: tuple[int, int, int] = (3, 3, 3)
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kt, kh, kw = self.kernel_size
+    names = (None, None, None, "conv_in", "conv_out")
+    shape = (kt, kh, kw, x.shape[-1], self.features)
+    kernel = self.param(
+      "kernel", nn.with_logical_partitioning(self.kernel_init, names), shape, self.param_dtype
+    )
+    bias = self.param(
+      "bias",
+      nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+      (self.features,),
+      self.param_dtype,
+    )
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    space_pad = [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]
+    if kt == 1:
+      b, t = x.shape[:2]
+      flat = x.reshape((b * t,) + x.shape[2:])
+      y = jax.lax.conv_general_dilated(
+        flat, kernel[0], (1, 1), space_pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+      y = y.reshape((b, t) + y.shape[1:])
+    else:
+      x = jnp.pad(x, ((0, 0), (kt - 1, 0), (0, 0), (0, 0), (0, 0)), mode="edge")
+      y = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1, 1), [(0, 0)] + space_pad, dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+      )
+    return y + bias.astype(self.dtype)
+
+
+def _norm_param(
+  module: nn.Module, name: str, init: Initializer, size: int, dtype: Dtype
+) -> jax.Array:
+  return module.param(name, nn.with_logical_partitioning(init, ("norm",)), (size,), dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMS norm over the last dim, statistics in float32."""
+
+  eps: float = 1e-6
+  use_scale: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    if self.use_scale:
+      y = y * _norm_param(self, "scale", nn.initializers.ones, x.shape[-1], self.param_dtype)
+    return y.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """Layer norm over the last dim, statistics in float32; affine parts optional (adaLN turns them off)."""
+
+  eps: float = 1e-6
+  use_scale: bool = True
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.use_scale:
+      y = y * _norm_param(self, "scale", nn.initializers.ones, x.shape[-1], self.param_dtype)
+    if self.use_bias:
+      y = y + _norm_param(self, "bias", nn.initializers.zeros, x.shape[-1], self.param_dtype)
+    return y.astype(self.dtype)
+
+
+class GroupNorm(nn.Module):
+  """Group norm over (H, W, channels of a group) separately for every frame of (B, T, H, W, C).
+
+  Per-frame statistics matter: pooling over time would let later frames change earlier latents and
+  break the VAE's causality (and make an image encode differently from a one-frame video).
+  """
+
+  num_groups: int = 8
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    groups = np.gcd(self.num_groups, c)  # widths that don't divide still normalise sensibly
+    x32 = x.astype(jnp.float32).reshape(x.shape[:-1] + (groups, c // groups))
+    axes = (-4, -3, -1)  # H, W and the channels inside a group
+    mean = jnp.mean(x32, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
+    y = ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+    y = y * _norm_param(self, "scale", nn.initializers.ones, c, self.param_dtype)
+    y = y + _norm_param(self, "bias", nn.initializers.zeros, c, self.param_dtype)
+    return y.astype(self.dtype)
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal features (B,) -> (B, dim) of a float timestep, as in DiT (cos half then sin half)."""
+  half = dim // 2
+  freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimestepEmbedder(nn.Module):
+  """t in [0, 1] -> (B, hidden): sinusoid of 1000*t (the frequency range DiT was tuned for) then an MLP."""
+
+  hidden: int
+  frequency_dim: int = 256
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    emb = timestep_embedding(1000.0 * t, self.frequency_dim).astype(self.dtype)
+    emb = Dense(self.hidden, (None, "mlp"), dtype=self.dtype, name="fc1")(emb)
+    emb = Dense(self.hidden, ("mlp", "embed"), dtype=self.dtype, name="fc2")(nn.silu(emb))
+    return emb
+
+
+class MLP(nn.Module):
+  """Transformer MLP: width -> mlp_dim (GELU, tanh form) -> width."""
+
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    h = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    h = constrain(nn.gelu(h, approximate=True), TOKENS_MLP)
+    return Dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+
+
+class Attention(nn.Module):
+  """Multi-head attention over tokens (B, L, width); cross-attention when `context` is given.
+
+  `mask` is boolean and broadcastable to (B, heads, Lq, Lk) (see `attention.attend`). `qk_norm` applies
+  RMS norm to queries and keys per head, which keeps logits bounded in long or low-precision runs.
+  `zero_out` zero-initialises the output projection so a residual branch starts as identity.
+  """
+
+  num_heads: int
+  qk_norm: bool = True
+  zero_out: bool = False
+  implementation: str = "xla"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None):
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width={width} is not divisible by num_heads={self.num_heads}")
+    head_dim = width // self.num_heads
+    kv_in = x if context is None else context
+    proj = lambda name, y: Dense(  # three identical projections
+      (self.num_heads, head_dim), ("embed", "heads", "kv"), dtype=self.dtype, name=name
+    )(y)
+    q, k, v = proj("query", x), proj("key", kv_in), proj("value", kv_in)
+    if self.qk_norm:
+      q = RMSNorm(dtype=self.dtype, name="query_norm")(q)
+      k = RMSNorm(dtype=self.dtype, name="key_norm")(k)
+    q, k, v = (constrain(a, TOKENS_HEADS) for a in (q, k, v))
+    out = attention.attend(q, k, v, mask=mask, implementation=self.implementation)
+    out_init = nn.initializers.zeros if self.zero_out else None
+    return Dense(
+      width, ("heads", "kv", "embed"), in_dims=2, kernel_init=out_init, dtype=self.dtype, name="out"
+    )(out)

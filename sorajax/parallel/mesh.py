@@ -1,0 +1,136 @@
+"""Device mesh, logical-axis rules and the sharding helpers built on them.
+
+Model code names axes logically ("embed", "activation_batch", ...); the config maps those names to the
+four mesh axes below. This module is the only place that turns one into the other.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor", "context")
+# Activations' batch dimension is split over every axis that holds different examples.
+BATCH_AXES = ("data", "fsdp")
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Returns the size of each of MESH_AXES; one axis may be -1 to take the remaining devices."""
+  unknown = sorted(set(shape) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f"mesh axis {unknown[0]!r} is unknown; valid axes: {', '.join(MESH_AXES)}")
+  sizes = [int(shape.get(name, 1)) for name in MESH_AXES]
+  fill = [i for i, s in enumerate(sizes) if s == -1]
+  if len(fill) > 1:
+    raise ValueError("only one mesh axis may be -1 (fill with the remaining devices)")
+  known = math.prod(s for s in sizes if s != -1)
+  if fill:
+    if num_devices % known:
+      raise ValueError(f"mesh axes {dict(zip(MESH_AXES, sizes))} do not divide {num_devices} devices")
+    sizes[fill[0]] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but {num_devices} "
+        "are present; set one axis to -1 to fill")
+  return tuple(sizes)
+
+
+# Logical axis name -> mesh axes. Configs start from these and may override them.
+DEFAULT_LOGICAL_RULES = (
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", "context"),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_embed", None),
+    ("activation_kv", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("conv_in", "fsdp"),
+    ("conv_out", "tensor"),
+    ("norm", None),
+)
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds the (data, fsdp, tensor, context) mesh from the config's `mesh` block."""
+  devices = list(devices) if devices is not None else jax.devices()
+  sizes = resolve_mesh_shape(shape, len(devices))
+  # Auto axes: XLA propagates shardings from the constraints the model and the step give it.
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if devices == jax.devices():
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types, devices=devices)
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=axis_types)
+
+
+def logical_rules(rules: Sequence[Sequence]) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+  """Config stores rules as lists (ml_collections/JSON friendly); flax wants tuples."""
+  out = []
+  for name, target in rules:
+    if isinstance(target, list):
+      target = tuple(target)
+    out.append((name, target))
+  return tuple(out)
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """Drops mesh axes from dimensions they do not divide, so tiny or odd-sized tensors replicate."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    if axes is None:
+      fitted.append(None)
+      continue
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    kept = []
+    for axis in axes:
+      if dim % (math.prod(mesh.shape[a] for a in kept) * mesh.shape[axis]) == 0:
+        kept.append(axis)
+    fitted.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
+  return PartitionSpec(*fitted)
+
+
+def strip_boxes(tree):
+  """Unboxes `nn.Partitioned` leaves without the sharding constraint `nn.meta.unbox` may add
+  (which fails on abstract values under a mesh)."""
+  is_box = lambda x: isinstance(x, nn.meta.Partitioned)  # noqa: E731
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
+  """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) abstract arrays.
+
+  The result has the structure of the unboxed tree. Leaves without logical names replicate.
+  """
+  specs = nn.get_partition_spec(abstract_tree)
+  mesh_specs = nn.logical_to_mesh(specs, rules)
+  values = strip_boxes(abstract_tree)
+
+  def to_sharding(value, spec):
+    spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
+    fitted = _fit_spec(spec, value.shape, mesh)
+    if fitted != spec:
+      logging.debug("replicating dims of %s %s not divisible by %s", value.shape, spec, mesh.shape)
+    return NamedSharding(mesh, fitted)
+
+  return jax.tree.map(lambda spec, value: to_sharding(value, spec), mesh_specs, values,
+                      is_leaf=lambda x: x is None or isinstance(x, PartitionSpec))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Batch-major arrays: dimension 0 over the data-parallel axes, the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)

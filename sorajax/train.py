@@ -1,0 +1,152 @@
+r"""The one trainer: trains the VAE or the DiT, whichever the config's `objective` names.
+
+  python -m sorajax.train --config configs/shapes/vae.py --workdir runs/demo/vae
+  python -m sorajax.train --config configs/shapes/dit.py:variant=tiny \
+      --config.train.num_steps=100 --config.vae_workdir=runs/demo/vae --workdir runs/demo/dit
+
+Rerunning with the same workdir resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+from absl import flags
+from ml_collections import config_flags
+
+from sorajax import configuration
+from sorajax.data import pipeline
+from sorajax.parallel import mesh as mesh_lib
+from sorajax.training import checkpoint as checkpoint_lib
+from sorajax.training import metrics as metrics_lib
+from sorajax.training import objectives
+from sorajax.training import state as state_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and config.json go.")
+
+
+def make_train_step(objective, optimizer, ema_decay: float):
+  """loss + grad + update (+ EMA) for one global batch; norms are computed inside the step."""
+
+  def train_step(state: state_lib.TrainState, batch, frozen, rng):
+    step_rng = jax.random.fold_in(rng, state.step)
+    (loss, aux), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+        state.params, frozen, batch, step_rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      ema = state_lib.ema_update(ema, params, ema_decay, state.step)
+    metrics = {"train/loss": loss,
+               "train/grad_norm": optax.tree.norm(grads),
+               "train/param_norm": optax.tree.norm(params),
+               "train/update_norm": optax.tree.norm(updates),
+               **{f"train/{name}": value for name, value in aux.items()}}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema), metrics
+
+  return train_step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+  # ---------------------------------------------------------------------------------------------
+  # Logging and the resolved config.
+  # ---------------------------------------------------------------------------------------------
+  workdir = os.path.abspath(workdir)
+  if jax.process_index() == 0:
+    configuration.save_config(config, workdir)
+  logging.info("devices: %s", jax.devices())
+
+  # ---------------------------------------------------------------------------------------------
+  # Mesh and logical axis rules.
+  # ---------------------------------------------------------------------------------------------
+  try:
+    mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+  except ValueError as e:
+    raise configuration.ConfigError(str(e)) from e
+  rules = mesh_lib.logical_rules(config.logical_rules)
+
+  # ---------------------------------------------------------------------------------------------
+  # Objective (model + loss) and input.
+  # ---------------------------------------------------------------------------------------------
+  objective = objectives.build_objective(config, mesh)
+  objective.prepare(workdir)
+  batches = pipeline.train_batches(config, mesh, objective.tokenizer)
+  frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
+
+  # ---------------------------------------------------------------------------------------------
+  # Optimizer and state: resume from the workdir's checkpoint, else initialise (sharded).
+  # ---------------------------------------------------------------------------------------------
+  optimizer = state_lib.make_optimizer(config.train)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints,
+      last_step=config.train.num_steps)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    state, shardings = state_lib.init_sharded_state(
+        objective.init_params, optimizer, config.train.ema_decay, init_rng, mesh, rules)
+  else:
+    target, shardings = state_lib.abstract_state(
+        objective.init_params, optimizer, config.train.ema_decay, mesh, rules)
+    state = checkpointer.restore(latest, target, batches.iterator)
+    print(f"resumed from step {latest} in {workdir}", flush=True)
+
+  # ---------------------------------------------------------------------------------------------
+  # The jitted step: explicit shardings, state donated.
+  # ---------------------------------------------------------------------------------------------
+  replicated = mesh_lib.replicated(mesh)
+  train_step = jax.jit(
+      make_train_step(objective, optimizer, config.train.ema_decay),
+      in_shardings=(shardings, None, replicated, replicated),
+      out_shardings=(shardings, replicated),
+      donate_argnums=(0,))
+
+  # ---------------------------------------------------------------------------------------------
+  # Loop.
+  # ---------------------------------------------------------------------------------------------
+  num_steps = config.train.num_steps
+  writer = metrics_lib.MetricsWriter(workdir, num_steps)
+  first_step = int(state.step)
+  last_logged = first_step
+  stop_requested = []
+  previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      for step in range(first_step + 1, num_steps + 1):
+        state, metrics = train_step(state, next(batches), frozen, train_rng)
+        if metrics_lib.is_time(step, config.train.log_every, num_steps):
+          scalars = {name: float(value) for name, value in jax.device_get(metrics).items()}
+          metrics_lib.check_finite(scalars["train/loss"], step, last_logged)
+          last_logged = step
+          writer.write(step, scalars, config.train.batch_size)
+        saved = checkpointer.maybe_save(step, state, batches.iterator)
+        if stop_requested:  # SIGTERM: save what we have, then exit cleanly
+          if not saved:
+            checkpointer.save(step, state, batches.iterator)
+          logging.warning("SIGTERM at step %d: checkpoint saved, exiting", step)
+          break
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    checkpointer.close()
+    writer.close()
+  return state
+
+
+def main(argv):
+  del argv
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise configuration.ConfigError("pass both --config <file.py[:arg]> and --workdir <dir>")
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  configuration.run(main)

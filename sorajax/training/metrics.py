@@ -1,0 +1,64 @@
+"""Scalars to TensorBoard and a console progress line, from process 0 only."""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+
+
+def is_time(step: int, every: int, last_step: int | None = None) -> bool:
+  """The one rule for periodic work (log, checkpoint, sample): every `every` steps and at the end."""
+  return (every > 0 and step % every == 0) or step == last_step
+
+
+class MetricsWriter:
+  """TensorBoard event files under workdir/tensorboard plus one console line per log."""
+
+  def __init__(self, workdir: str, total_steps: int):
+    self._total = total_steps
+    self._writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._last_time = time.perf_counter()
+    self._last_step = None
+
+  def write(self, step: int, scalars: dict[str, float], examples_per_step: int) -> None:
+    now = time.perf_counter()
+    if self._last_step is not None and step > self._last_step:
+      step_time = (now - self._last_time) / (step - self._last_step)
+      scalars = dict(scalars, **{"perf/step_time": step_time,
+                                 "perf/examples_per_s": examples_per_step / step_time})
+    self._last_time, self._last_step = now, step
+    if self._writer is None:
+      return
+    for name, value in scalars.items():
+      self._writer.add_scalar(name, value, step)
+    self._writer.flush()
+    print(self._console_line(step, scalars), flush=True)
+
+  def _console_line(self, step: int, scalars: dict[str, float]) -> str:
+    parts = [f"step {step}/{self._total}"]
+    for name in ("train/loss",):
+      if name in scalars:
+        parts.append(f"loss {scalars[name]:.4f}")
+    if "perf/step_time" in scalars:
+      step_time = scalars["perf/step_time"]
+      eta = step_time * (self._total - step)
+      parts.append(f"{1 / step_time:.2f} steps/s")
+      parts.append(f"{scalars['perf/examples_per_s']:.1f} examples/s")
+      parts.append(f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
+    return " | ".join(parts)
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def check_finite(loss: float, step: int, previous_step: int) -> None:
+  """Safety switch: stop at the first non-finite loss, naming the steps it appeared between."""
+  if not math.isfinite(loss):
+    raise FloatingPointError(f"loss became {loss} between steps {previous_step} and {step}; "
+                             "lower train.learning_rate or check the data")

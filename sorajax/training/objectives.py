@@ -1,0 +1,218 @@
+"""Training objectives: what the one trainer optimises, chosen by `config.objective`.
+
+An objective owns its model(s) and exposes
+  tokenizer             None, or what turns captions into tokens in the input pipeline
+  init_params(rng)      boxed (logically named) parameters of the trainable model
+  frozen                a pytree of fixed inputs to the loss (e.g. a trained VAE), passed to the step
+  loss(params, frozen, batch, rng) -> (scalar loss, dict of scalar metrics)
+  prepare(workdir)      one-off work before training (e.g. measuring latent statistics)
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sorajax.configuration import ConfigError, load_saved_config, write_json_atomic
+from sorajax.data import pipeline, shapes
+from sorajax.models import dit as dit_lib
+from sorajax.models import factors
+from sorajax.models import text as text_lib
+from sorajax.models import vae as vae_lib
+from sorajax.models.denoiser import TextToVideo
+from sorajax.diffusion import flow
+from sorajax.parallel import mesh as mesh_lib
+from sorajax.training import checkpoint as checkpoint_lib
+from sorajax.training import state as state_lib
+
+LATENT_STATS_FILE = "latent_stats.json"
+
+
+def pixels_to_unit(video: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1]."""
+  return video.astype(jnp.float32) / 127.5 - 1.0
+
+
+def unit_to_pixels(video: jax.Array) -> jax.Array:
+  return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def _dtype(config) -> jnp.dtype:
+  return jnp.dtype(config.compute_dtype)
+
+
+def _checked(check, *args) -> None:
+  """Runs a shape check and reports its failure as a config problem (one line, no traceback)."""
+  try:
+    check(*args)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
+def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVideoVAE:
+  v = config.vae
+  return vae_lib.get_vae(v.variant, temporal_factor=v.temporal_factor, spatial_factor=v.spatial_factor,
+                         latent_channels=v.latent_channels, dtype=_dtype(config))
+
+
+class VAEObjective:
+  """Reconstruction (L1 or L2) + a small KL pull toward the unit Gaussian."""
+
+  tokenizer = None
+  frozen = {}
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    del mesh
+    self.config = config
+    self.model = build_vae(config)
+    d = config.data
+    _checked(factors.check_video_shape, d.frames, d.height, d.width, config.vae.temporal_factor,
+             config.vae.spatial_factor)
+    if config.vae.recon_loss not in ("l1", "l2"):
+      raise ConfigError(f"vae.recon_loss={config.vae.recon_loss!r} is unknown; valid: l1, l2")
+
+  def prepare(self, workdir: str) -> None:
+    del workdir
+
+  def init_params(self, rng):
+    d = self.config.data
+    return self.model.init(rng, jnp.zeros((1, d.frames, d.height, d.width, 3)))["params"]
+
+  def loss(self, params, frozen, batch, rng):
+    del frozen
+    video = pixels_to_unit(batch["video"])
+    out = self.model.apply({"params": params}, video, sample_rng=rng)
+    error = out["recon"].astype(jnp.float32) - video
+    recon = jnp.abs(error).mean() if self.config.vae.recon_loss == "l1" else jnp.square(error).mean()
+    kl = vae_lib.kl_divergence(out["mean"], out["logvar"]).mean()
+    mse = jnp.square(error).mean()
+    psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))  # peak-to-peak range of [-1, 1] is 2
+    return recon + self.config.vae.kl_weight * kl, {"recon": recon, "kl": kl, "psnr": psnr}
+
+
+def restore_inference_params(workdir: str, mesh, rules=None):
+  """(saved config, the weights to sample with) from a trained workdir, sharded on `mesh`."""
+  config = load_saved_config(workdir)
+  step = checkpoint_lib.require_checkpoint(workdir)
+  objective = build_objective(config, mesh)
+  rules = rules if rules is not None else mesh_lib.logical_rules(config.logical_rules)
+  optimizer = state_lib.make_optimizer(config.train)
+  target, _ = state_lib.abstract_state(objective.init_params, optimizer, config.train.ema_decay,
+                                       mesh, rules)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, every=1, keep=None)
+  try:
+    state = checkpointer.restore(step, target)
+  finally:
+    checkpointer.close()
+  return config, state.inference_params, step
+
+
+class DiTObjective:
+  """Rectified flow on normalised VAE latents, conditioned on caption tokens.
+
+  The VAE comes from `config.vae_workdir` and stays frozen; captions are dropped (replaced by the
+  empty caption) with probability `flow.caption_dropout` so the model also learns the unconditional
+  velocity that classifier-free guidance needs.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh):
+    self.config = config
+    self.vae_config, vae_params, _ = restore_inference_params(config.vae_workdir, mesh)
+    self.vae = build_vae(self.vae_config)
+    self.temporal_factor = self.vae_config.vae.temporal_factor
+    self.spatial_factor = self.vae_config.vae.spatial_factor
+    self.latent_channels = self.vae_config.vae.latent_channels
+    d = config.data
+    self.check_shape(d.frames, d.height, d.width)
+    self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(), d.text_max_length)
+    self.null_tokens = self.tokenizer.encode("")
+    self.denoiser = TextToVideo(
+        text=text_lib.TextEncoder(vocab_size=self.tokenizer.vocab_size, hidden=config.text.hidden,
+                                  depth=config.text.depth, num_heads=config.text.num_heads,
+                                  max_length=d.text_max_length, dtype=_dtype(config)),
+        dit=dit_lib.get_dit(config.dit.variant, patch=tuple(config.dit.patch),
+                            out_channels=self.latent_channels, attention=config.dit.attention,
+                            dtype=_dtype(config)))
+    self.frozen = {"vae": vae_params, "latent_mean": None, "latent_std": None}
+
+  def check_shape(self, frames: int, height: int, width: int) -> None:
+    """Pixels must fit the VAE's factors and the latent grid the DiT's patch."""
+    pt, ph, pw = self.config.dit.patch
+    _checked(factors.check_video_shape, frames, height, width, self.temporal_factor * pt,
+             self.spatial_factor * max(ph, pw))
+
+  def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    return (1 + (frames - 1) // self.temporal_factor, height // self.spatial_factor,
+            width // self.spatial_factor, self.latent_channels)
+
+  # -- latent statistics: measured once per run, so the DiT sees unit-scale latents.
+  def prepare(self, workdir: str) -> None:
+    path = os.path.join(workdir, LATENT_STATS_FILE)
+    if not os.path.isfile(path):
+      mean, std = self._measure_latent_stats()
+      if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        write_json_atomic(path, {"mean": mean.tolist(), "std": std.tolist()})
+    else:
+      with open(path) as f:
+        stats = json.load(f)
+      mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
+    self.frozen["latent_mean"] = jnp.asarray(mean, jnp.float32)
+    self.frozen["latent_std"] = jnp.asarray(std, jnp.float32)
+
+  def _measure_latent_stats(self) -> tuple[np.ndarray, np.ndarray]:
+    d, seed = self.config.data, self.config.seed
+    # A fixed slice of the training world, identical on every process.
+    source = pipeline.make_source(d, "train", seed)
+    encode = jax.jit(lambda p, v: self.vae.apply({"params": p}, pixels_to_unit(v),
+                                                  method=self.vae.encode)[0])
+    batch = 16
+    latents = []
+    for b in range(self.config.flow.latent_stats_batches):
+      videos = np.stack([source[b * batch + i]["video"] for i in range(batch)])
+      latents.append(np.asarray(encode(self.frozen["vae"], videos)))
+    latents = np.concatenate(latents).reshape(-1, self.latent_channels)
+    return latents.mean(axis=0), latents.std(axis=0) + 1e-6
+
+  def encode(self, frozen, video_uint8: jax.Array) -> jax.Array:
+    mean, _ = self.vae.apply({"params": frozen["vae"]}, pixels_to_unit(video_uint8),
+                             method=self.vae.encode)
+    return (mean - frozen["latent_mean"]) / frozen["latent_std"]
+
+  def decode(self, frozen, latents: jax.Array) -> jax.Array:
+    z = latents * frozen["latent_std"] + frozen["latent_mean"]
+    return unit_to_pixels(self.vae.apply({"params": frozen["vae"]}, z, method=self.vae.decode))
+
+  def init_params(self, rng):
+    d = self.config.data
+    latents = jnp.zeros((1,) + self.latent_shape(d.frames, d.height, d.width))
+    tokens, mask = (jnp.asarray(a)[None] for a in self.null_tokens)
+    return self.denoiser.init(rng, latents, jnp.zeros((1,)), tokens, mask)["params"]
+
+  def velocity(self, params, latents, t, tokens, token_mask):
+    return self.denoiser.apply({"params": params}, latents, t, tokens, token_mask)
+
+  def loss(self, params, frozen, batch, rng):
+    drop_rng, flow_rng = jax.random.split(rng)
+    x0 = jax.lax.stop_gradient(self.encode(frozen, batch["video"]))
+    tokens, mask = batch["tokens"], batch["token_mask"]
+    drop = jax.random.bernoulli(drop_rng, self.config.flow.caption_dropout, (tokens.shape[0], 1))
+    tokens = jnp.where(drop, jnp.asarray(self.null_tokens[0])[None], tokens)
+    mask = jnp.where(drop, jnp.asarray(self.null_tokens[1])[None], mask)
+    loss, metrics = flow.flow_matching_loss(
+        lambda x_t, t: self.velocity(params, x_t, t, tokens, mask), x0, flow_rng,
+        self.config.flow.logit_mean, self.config.flow.logit_std)
+    return loss, metrics
+
+
+OBJECTIVES = {"vae": VAEObjective, "dit": DiTObjective}
+
+
+def build_objective(config: ml_collections.ConfigDict, mesh):
+  if config.objective not in OBJECTIVES:
+    raise ConfigError(f"objective={config.objective!r} is unknown; valid: {', '.join(OBJECTIVES)}")
+  return OBJECTIVES[config.objective](config, mesh)

@@ -1,0 +1,71 @@
+"""The command lines a user types: each bad input ends in one clear line, not a traceback."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sorajax import configuration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, cwd=ROOT):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def assert_one_line_error(result, *needles):
+  assert result.returncode == 2, result.stderr
+  lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+
+
+def test_mistyped_config_key_names_the_closest(tmp_path):
+  result = run("sorajax.train", "--config", "configs/shapes/vae.py", "--workdir", str(tmp_path),
+               "--config.train.num_step=3")
+  assert_one_line_error(result, "train.num_step", "train.num_steps")
+
+
+def test_unknown_config_arg_names_valid_ones(tmp_path):
+  result = run("sorajax.train", "--config", "configs/shapes/vae.py:varaint=tiny",
+               "--workdir", str(tmp_path))
+  assert_one_line_error(result, "varaint", "variant")
+
+
+def test_missing_config_file(tmp_path):
+  result = run("sorajax.train", "--config", "configs/nope.py", "--workdir", str(tmp_path))
+  assert_one_line_error(result, "configs/nope.py")
+
+
+def test_bad_frame_count_names_nearest_valid(tmp_path):
+  result = run("sorajax.train", "--config", "configs/shapes/vae.py:variant=tiny,frames=7",
+               "--workdir", str(tmp_path))
+  assert_one_line_error(result, "frames=7", "5 or 9")
+
+
+def test_bad_size_names_nearest_valid(tmp_path):
+  result = run("sorajax.train", "--config", "configs/shapes/vae.py:variant=tiny,size=30",
+               "--workdir", str(tmp_path))
+  assert_one_line_error(result, "30", "28 or 32")
+
+
+def test_sampling_without_checkpoint(tmp_path):
+  configuration.save_config(configuration.load_config_file("configs/shapes/dit.py"), str(tmp_path))
+  result = run("sorajax.sample", "--workdir", str(tmp_path), "--prompt", "a red square moving up")
+  assert_one_line_error(result, "no checkpoint")
+
+
+def test_sampling_from_a_folder_that_is_not_a_run(tmp_path):
+  result = run("sorajax.sample", "--workdir", str(tmp_path), "--prompt", "a red square moving up")
+  assert_one_line_error(result, "config.json")
+
+
+def test_parse_arg_types():
+  arg = configuration.parse_arg("steps=5,variant=tiny,flag", steps=1, variant="demo", flag=False)
+  assert arg.steps == 5 and arg.variant == "tiny" and arg.flag is True
+  with pytest.raises(configuration.ConfigError, match="valid: flag, steps"):
+    configuration.parse_arg("stpes=5", steps=1, flag=False)

@@ -1,0 +1,37 @@
+"""Mesh construction and logical-name -> sharding mapping."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from sorajax.parallel import mesh as mesh_lib
+
+
+def test_fill_axis_and_errors():
+  assert mesh_lib.resolve_mesh_shape({"data": -1, "tensor": 2}, 8) == (4, 1, 2, 1)
+  with pytest.raises(ValueError, match="needs 4 devices"):
+    mesh_lib.resolve_mesh_shape({"data": 4}, 8)
+  with pytest.raises(ValueError, match="valid axes"):
+    mesh_lib.resolve_mesh_shape({"model": 2}, 8)
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": -1})
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1, "context": 1}
+
+
+def test_logical_shardings_follow_rules_and_replicate_what_does_not_divide():
+  mesh = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
+  rules = mesh_lib.DEFAULT_LOGICAL_RULES
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      w = self.param("w", nn.with_logical_partitioning(nn.initializers.ones, ("embed", "mlp")),
+                     (16, 6))
+      odd = self.param("odd", nn.with_logical_partitioning(nn.initializers.ones, ("embed", None)),
+                       (3, 5))
+      return x @ w, odd
+
+  abstract = jax.eval_shape(Tiny().init, jax.random.key(0), jnp.ones((1, 16)))["params"]
+  shardings = mesh_lib.logical_shardings(abstract, mesh, rules)
+  assert shardings["w"].spec == P("fsdp", "tensor")
+  assert shardings["odd"].spec == P(None, None)  # 3 rows do not split over 4 devices
