@@ -34,7 +34,7 @@ def _assert_all_named(variables):
     assert len(box.names) == box.value.ndim, (box.names, box.value.shape)
 
 
-# --- attention -------------------------------------------------------------------------------------
+# --- attention ------------------------------------------------------------------------------------
 
 
 def _reference_attention(q, k, v, mask):
@@ -69,7 +69,7 @@ def test_unknown_attention_names_valid_ones():
     attention.attend(q, q, q, implementation="flash9000")
 
 
-# --- VAE -------------------------------------------------------------------------------------------
+# --- VAE ------------------------------------------------------------------------------------------
 
 
 class TinyVAE:
@@ -184,7 +184,7 @@ def test_vae_rejects_bad_shapes_and_names(tiny_vae):
     vae.get_vae("tiny", chanels=(8,))
 
 
-# --- DiT -------------------------------------------------------------------------------------------
+# --- DiT ------------------------------------------------------------------------------------------
 
 
 class TinyDiT:
@@ -248,7 +248,7 @@ def test_sincos_3d_rows_are_distinct():
   assert len(np.unique(table.round(6), axis=0)) == 24
 
 
-# --- text ------------------------------------------------------------------------------------------
+# --- text -----------------------------------------------------------------------------------------
 
 
 def test_tokenizer_contract():
@@ -283,7 +283,7 @@ def test_text_encoder_shape_and_padding():
   np.testing.assert_allclose(apply(params, changed, mask)[1, :2], out[1, :2], atol=1e-6)
 
 
-# --- logical names ---------------------------------------------------------------------------------
+# --- logical names --------------------------------------------------------------------------------
 
 
 def test_every_parameter_has_logical_names():
@@ -298,7 +298,7 @@ def test_every_parameter_has_logical_names():
 
 
 def test_dit_sharded_matches_unsharded(tiny_dit):
-  """Under a (data, fsdp, tensor) mesh with logical rules the constraints apply; results don't change."""
+  """Under a (data, fsdp, tensor) mesh with logical rules, constraints apply and results hold."""
   params = tiny_dit.perturbed
   x, t, ctx, mask = _dit_inputs((2, 4, 4))
   expected = tiny_dit.apply(params, x, t, ctx, mask)

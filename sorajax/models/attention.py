@@ -1,8 +1,9 @@
 """The one attention dispatch point: every model calls `attend`, the config picks the kernel.
 
-Shapes follow `jax.nn.dot_product_attention`: q (B, Lq, heads, head_dim), k and v (B, Lk, heads, head_dim).
-`mask` is boolean, True where a query may attend to a key, and broadcastable to (B, heads, Lq, Lk); a key
-padding mask of shape (B, Lk) is passed as `mask[:, None, None, :]`.
+Shapes follow `jax.nn.dot_product_attention`: q (B, Lq, heads, head_dim), k and v
+(B, Lk, heads, head_dim). `mask` is boolean, True where a query may attend to a key, and
+broadcastable to (B, heads, Lq, Lk); a key padding mask of shape (B, Lk) is passed as
+`mask[:, None, None, :]`.
 """
 
 from collections.abc import Callable
@@ -42,7 +43,6 @@ def attend(q, k, v, mask=None, implementation: str = "xla"):
   """Scaled dot-product attention over (B, L, heads, head_dim); returns q's shape and dtype."""
   fn = _IMPLEMENTATIONS.get(implementation)
   if fn is None:
-    raise ValueError(
-      f"attention implementation={implementation!r} is unknown; valid: {', '.join(implementations())}"
-    )
+    valid = ", ".join(implementations())
+    raise ValueError(f"attention implementation={implementation!r} is unknown; valid: {valid}")
   return fn(q, k, v, mask)

@@ -1,9 +1,10 @@
 """Spacetime DiT: predicts the flow velocity of video latents under a timestep and a text prompt.
 
-x (B, T, H, W, C) is cut into (pt, ph, pw) patches, each a token; all tokens of all frames attend to
-each other (full spacetime self-attention), then cross-attend to the text tokens. Conditioning on the
-timestep is adaLN-Zero (DiT): every block's modulation starts at zero so the block starts as identity,
-and the final projection starts at zero so the untrained model predicts exactly zero velocity.
+x (B, T, H, W, C) is cut into (pt, ph, pw) patches, each a token; all tokens of all frames attend
+to each other (full spacetime self-attention), then cross-attend to the text tokens. Conditioning
+on the timestep is adaLN-Zero (DiT): every block's modulation starts at zero so the block starts
+as identity, and the final projection starts at zero so the untrained model predicts exactly zero
+velocity.
 """
 
 import dataclasses
@@ -30,8 +31,8 @@ def sincos_3d(grid: tuple[int, int, int], dim: int) -> np.ndarray:
   """Fixed (gt*gh*gw, dim) position table, row-major over (t, h, w).
 
   Channels split into time | height | width, each with its own 1D sin-cos; width and height get
-  2*(dim//6) channels each and time the rest. Built from integer positions for the grid actually seen,
-  so one set of weights serves any grid size.
+  2*(dim//6) channels each and time the rest. Built from integer positions for the grid actually
+  seen, so one set of weights serves any grid size.
   """
   if dim % 2 or dim < 6:
     raise ValueError(f"hidden={dim} must be even and >= 6 for 3D sin-cos positions")
@@ -110,7 +111,7 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-  """Diffusion transformer over spacetime patches; `__call__` returns the velocity, shaped like x."""
+  """Diffusion transformer over spacetime patches; `__call__` returns the velocity (like x)."""
 
   hidden: int
   depth: int
@@ -130,7 +131,10 @@ class DiT(nn.Module):
 
   @nn.compact
   def __call__(self, x, t, context, context_mask):
-    """x (B, T, H, W, C), t (B,) in [0, 1], context (B, L, D) text, context_mask (B, L) bool -> (B, T, H, W, out)."""
+    """Velocity (B, T, H, W, out_channels) for latents x (B, T, H, W, C) at times t (B,) in [0, 1].
+
+    context (B, L, D) holds text embeddings; context_mask (B, L) is True for real tokens.
+    """
     grid = self._grid(x.shape)
     if context_mask.shape != context.shape[:2]:
       raise ValueError(
@@ -180,7 +184,7 @@ _DEFAULTS = dict(out_channels=4, patch=(1, 2, 2))
 
 
 def get_dit(variant: str, **overrides) -> DiT:
-  """Build a DiT from a named variant; keyword overrides replace single fields (e.g. out_channels=16)."""
+  """Build a DiT from a named variant; keyword overrides replace fields (e.g. out_channels=16)."""
   if variant not in VARIANTS:
     raise ValueError(f"DiT variant={variant!r} is unknown; valid: {', '.join(VARIANTS)}")
   fields = {f.name for f in dataclasses.fields(DiT)} - {"parent", "name"}

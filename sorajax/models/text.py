@@ -1,7 +1,7 @@
-"""Text side of the model: a word tokenizer (pure numpy, runs in the input pipeline) and a small encoder.
+"""Text side of the model: a word tokenizer (pure numpy, runs in the input pipeline) and an encoder.
 
-Enough for captions from a small fixed grammar (the built-in world); the encoder is trained jointly with
-the DiT. Id 2 (bos) always leads, so even the empty caption has one real token: that is the "null
+Enough for captions from a small fixed grammar (the built-in world); the encoder is trained jointly
+with the DiT. Id 2 (bos) always leads, so even the empty caption has one real token: that is the "null
 caption" classifier-free guidance contrasts with.
 """
 
@@ -25,7 +25,7 @@ def split_words(text: str) -> list[str]:
 
 
 class WordTokenizer:
-  """Word-level tokenizer: 0 pad, 1 unk, 2 bos, then the vocabulary's words in the order given (from 3)."""
+  """Word-level tokenizer: 0 pad, 1 unk, 2 bos, then the vocabulary's words in order (from 3)."""
 
   def __init__(self, vocabulary: list[str], max_length: int):
     if max_length < 1:
@@ -89,7 +89,7 @@ class EncoderLayer(nn.Module):
 
 
 class TextEncoder(nn.Module):
-  """ids (B, L), mask (B, L) bool -> token embeddings (B, L, hidden); padded positions come out zero."""
+  """ids (B, L), mask (B, L) bool -> token embeddings (B, L, hidden); padded positions are zero."""
 
   vocab_size: int
   hidden: int = 128

@@ -2,14 +2,16 @@
 
 Causality is built in rather than learned, so an image is exactly a one-frame video:
   * the encoder pads the front with f-1 copies of frame 0 (T' = f*(k+1) frames);
-  * every temporal convolution is causal (front padding by replicating the first frame, see
-    `layers.CausalConv3D`) and norms use per-frame statistics;
+  * every temporal convolution is causal (zero padding at the front only, see `layers.CausalConv3D`)
+    and norms use per-frame statistics;
   * downsampling is space-to-depth: f consecutive frames (and s x s pixels) fold into channels;
-so latent frame j sees only frames <= f*j. The decoder mirrors this (depth-to-space in time and space,
-causal convs) and drops the first f-1 output frames, so decoded frame t sees only latents <= ceil(t/f).
+so latent frame j sees only frames <= f*j. The decoder mirrors this (depth-to-space in time and
+space, causal convs) and drops the first f-1 output frames, so decoded frame t sees only latents
+<= ceil(t/f).
 
-CPU-cheap by layout: the stem folds 2 frames x 2x2 pixels into channels before any convolution, folds
-and stem use spatial-only (1,3,3) kernels, and residual blocks factorise 3x3x3 into (1,3,3)+(3,1,1).
+CPU-cheap by layout: the stem folds 2 frames x 2x2 pixels into channels before any convolution,
+folds and stem use spatial-only (1,3,3) kernels, and residual blocks factorise 3x3x3 into
+(1,3,3)+(3,1,1).
 """
 
 import dataclasses
@@ -24,13 +26,14 @@ from sorajax.models.factors import check_video_shape, log2_exact
 __all__ = ["VARIANTS", "CausalVideoVAE", "check_video_shape", "get_vae", "kl_divergence"]
 
 Dtype = layers.Dtype
-# Folds and the stem use spatial-only kernels: time mixing happens in the residual blocks, and a (1,3,3)
-# conv is ~4x cheaper than a 3x3x3 one on CPU.
+# Folds and the stem use spatial-only kernels: time mixing happens in the residual blocks, and a
+# (1,3,3) conv is ~4x cheaper than a 3x3x3 one on CPU.
 FOLD_KERNEL = (1, 3, 3)
+LOGVAR_OFFSET = -6.0
 
 
 def space_to_depth(x: jax.Array, ft: int, fs: int) -> jax.Array:
-  """(B, T, H, W, C) -> (B, T/ft, H/fs, W/fs, ft*fs*fs*C): consecutive frames and pixel blocks to channels."""
+  """(B, T, H, W, C) -> (B, T/ft, H/fs, W/fs, ft*fs*fs*C): frames and pixel blocks into channels."""
   b, t, h, w, c = x.shape
   x = x.reshape(b, t // ft, ft, h // fs, fs, w // fs, fs, c)
   x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
@@ -46,12 +49,12 @@ def depth_to_space(x: jax.Array, ft: int, fs: int) -> jax.Array:
   return x.reshape(b, t * ft, h * fs, w * fs, c0)
 
 
-# Parameter-free shortcuts around every fold (as in DC-AE's "residual autoencoding"): the encoder adds
-# the folded input averaged down to the output width, the decoder adds its input tiled up to the conv
-# width. Colours and coarse layout then pass through from the first step and the convs learn residuals,
-# which is what lets the demo VAE reach usable quality in a few hundred CPU steps.
+# Parameter-free shortcuts around every fold (as in DC-AE's "residual autoencoding"): the encoder
+# adds the folded input averaged down to the output width, the decoder adds its input tiled up to
+# the conv width. Colours and coarse layout then pass through from the first step and the convs
+# learn residuals, which is what lets the demo VAE reach usable quality in a few hundred CPU steps.
 def _shortcut_down(x: jax.Array, out: int) -> jax.Array:
-  """(..., C) -> (..., out): mean over channels out apart (after a fold, that pools the folded pixels)."""
+  """(..., C) -> (..., out): mean over channels `out` apart (after a fold: pools folded pixels)."""
   c = x.shape[-1]
   if c % out:
     return jnp.zeros(x.shape[:-1] + (out,), x.dtype)  # widths that don't divide get no shortcut
@@ -67,14 +70,16 @@ def _shortcut_up(x: jax.Array, out: int) -> jax.Array:
 
 
 def _halvings(count: int, levels: int) -> list[int]:
-  """Spread `count` 2x reductions over levels: one per level from the front, any excess on the last."""
+  """Spread `count` 2x reductions over levels: one per level from the front, excess on the last."""
   per_level = [1 if i < count else 0 for i in range(levels)]
   per_level[-1] += max(0, count - levels)
   return [2**n for n in per_level]
 
 
 def fold_plan(levels: int, temporal_factor: int, spatial_factor: int):
-  """((time, space) fold of the stem, [(time, space) fold after each level]); all folds multiply to (f, s).
+  """((time, space) fold of the stem, [(time, space) fold after each level]).
+
+  All folds multiply to (f, s).
 
   The stem folds the first 2x of time and of space before any conv, so no layer runs at full pixel
   resolution or full frame rate; the rest is front-loaded, since early reductions make later layers cheap.
@@ -128,12 +133,11 @@ class Encoder(nn.Module):
   def __call__(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
     f = self.temporal_factor
     stem, plan = fold_plan(len(self.channels), f, self.spatial_factor)
-    # f-1 copies of frame 0 in front make T' = f*(k+1), so frame 0 fills one latent frame on its own.
+    # f-1 copies of frame 0 in front make T' = f*(k+1), so frame 0 fills one latent frame on its
+    # own.
     x = jnp.concatenate([jnp.repeat(video[:, :1], f - 1, axis=1), video], axis=1).astype(self.dtype)
     x = space_to_depth(x, *stem)
-    conv = lambda width, name: layers.CausalConv3D(
-      width, FOLD_KERNEL, dtype=self.dtype, name=name
-    )
+    conv = lambda width, name: layers.CausalConv3D(width, FOLD_KERNEL, dtype=self.dtype, name=name)
     x = conv(self.channels[0], "conv_in")(x)
     last = len(self.channels) - 1
     for i in range(len(self.channels)):
@@ -147,12 +151,15 @@ class Encoder(nn.Module):
     h = nn.silu(layers.GroupNorm(dtype=self.dtype, name="norm_out")(x))
     moments = conv(2 * self.latent_channels, "conv_out")(space_to_depth(h, *plan[last]))
     mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
+    # Start the posterior nearly deterministic (std ~0.05): unit noise on every latent at init
+    # buries the signal the decoder must learn from; the KL term widens it only as far as it pays.
+    logvar = logvar + LOGVAR_OFFSET
     mean = mean + _shortcut_down(space_to_depth(x, *plan[last]), self.latent_channels)
     return mean, logvar
 
 
 class Decoder(nn.Module):
-  """Mirror of `Encoder`: each fold becomes a conv to (fold x width) channels then depth-to-space."""
+  """Mirror of `Encoder`: each fold becomes a conv to (fold x width) channels and depth-to-space."""
 
   channels: tuple[int, ...]
   num_res_blocks: int

@@ -41,9 +41,9 @@ class MetricsWriter:
 
   def _console_line(self, step: int, scalars: dict[str, float]) -> str:
     parts = [f"step {step}/{self._total}"]
-    for name in ("train/loss",):
+    for name, label in (("train/loss", "loss"), ("train/psnr", "psnr")):
       if name in scalars:
-        parts.append(f"loss {scalars[name]:.4f}")
+        parts.append(f"{label} {scalars[name]:.4f}")
     if "perf/step_time" in scalars:
       step_time = scalars["perf/step_time"]
       eta = step_time * (self._total - step)
