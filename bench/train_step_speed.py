@@ -33,9 +33,7 @@ def time_steps(config, steps: int, workdir: str) -> float:
       objective.init_params, optimizer, config.train.ema_decay, jax.random.key(0), mesh, rules)
   batches = pipeline.train_batches(config, mesh, objective.tokenizer)
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
-  step = jax.jit(train.make_train_step(objective, optimizer, config.train.ema_decay),
-                 in_shardings=(shardings, None, mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+  step = train.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
   rng = jax.random.key(1)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state, metrics = step(state, next(batches), frozen, rng)

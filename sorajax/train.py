@@ -56,6 +56,15 @@ def make_train_step(objective, optimizer, ema_decay: float):
   return train_step
 
 
+def jit_train_step(objective, optimizer, ema_decay: float, shardings, mesh, donate: bool = True):
+  """The step, jitted with explicit shardings (state as given, batch as it comes, rest replicated)."""
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(make_train_step(objective, optimizer, ema_decay),
+                 in_shardings=(shardings, None, replicated, replicated),
+                 out_shardings=(shardings, replicated),
+                 donate_argnums=(0,) if donate else ())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
   # ---------------------------------------------------------------------------------------------
   # Logging and the resolved config.
@@ -103,12 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # ---------------------------------------------------------------------------------------------
   # The jitted step: explicit shardings, state donated.
   # ---------------------------------------------------------------------------------------------
-  replicated = mesh_lib.replicated(mesh)
-  train_step = jax.jit(
-      make_train_step(objective, optimizer, config.train.ema_decay),
-      in_shardings=(shardings, None, replicated, replicated),
-      out_shardings=(shardings, replicated),
-      donate_argnums=(0,))
+  train_step = jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
 
   # ---------------------------------------------------------------------------------------------
   # Loop.

@@ -63,6 +63,17 @@ def test_xla_attention_matches_numpy(mask_kind):
   np.testing.assert_allclose(out, _reference_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+def test_cudnn_attention_matches_xla():
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 64, 4, 64)), jnp.bfloat16) for _ in range(3))
+  mask = jnp.asarray(np.arange(64)[None, :] < np.array([[40], [64]]))[:, None, None, :]
+  attend = jax.jit(attention.attend, static_argnames="implementation")
+  expected = attend(q, k, v, mask, implementation="xla").astype(jnp.float32)
+  out = attend(q, k, v, mask, implementation="cudnn").astype(jnp.float32)
+  np.testing.assert_allclose(out, expected, atol=2e-2)
+
+
 def test_unknown_attention_names_valid_ones():
   q = jnp.zeros((1, 2, 1, 4))
   with pytest.raises(ValueError, match="valid: cudnn, xla"):
@@ -295,6 +306,21 @@ def test_every_parameter_has_logical_names():
   text_vars = jax.eval_shape(encoder.init, KEY, ids, tmask)
   for variables in (vae_vars, dit_vars, text_vars):
     _assert_all_named(variables)
+
+
+def test_large_variants_trace():
+  """The accelerator-sized variants build and give the right shapes (traced only, nothing runs)."""
+  base = vae.get_vae("base")
+  variables = jax.eval_shape(base.init, KEY, jnp.zeros((1, 9, 64, 64, 3)))
+  mean, _ = jax.eval_shape(
+    lambda v: base.apply(v, jnp.zeros((1, 9, 64, 64, 3)), method="encode"), variables
+  )
+  assert mean.shape == (1, 3, 8, 8, 16)
+  x, t, ctx, mask = _dit_inputs((3, 8, 8))
+  model = dit.get_dit("S/2")
+  variables = jax.eval_shape(model.init, KEY, x, t, ctx, mask)
+  assert jax.eval_shape(model.apply, variables, x, t, ctx, mask).shape == x.shape
+  _assert_all_named(variables)
 
 
 def test_dit_sharded_matches_unsharded(tiny_dit):

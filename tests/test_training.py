@@ -59,9 +59,8 @@ def one_step(config, objective, mesh):
       objective.init_params, optimizer, config.train.ema_decay, jax.random.key(0), mesh, rules)
   batch = next(pipeline.train_batches(config, mesh, objective.tokenizer))
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
-  step = jax.jit(train.make_train_step(objective, optimizer, config.train.ema_decay),
-                 in_shardings=(shardings, None, mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)))
+  step = train.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh,
+                              donate=False)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state, metrics = step(state, batch, frozen, jax.random.key(1))
   return float(metrics["train/loss"]), jax.device_get(state.params)

@@ -16,7 +16,7 @@ from sorajax.parallel import mesh
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, variant="demo", frames=9, size=32, steps=1500, batch=32)
+  arg = parse_arg(arg, variant="demo", frames=9, size=32, steps=600, batch=32)
   config = ml_collections.ConfigDict()
   config.objective = "dit"
   config.seed = 0
@@ -60,11 +60,11 @@ def get_config(arg=None):
   config.train.batch_size = arg.batch
   config.train.num_steps = arg.steps
   config.train.learning_rate = 1e-3
-  config.train.warmup_steps = 100
+  config.train.warmup_steps = 50
   config.train.weight_decay = 0.0
   config.train.grad_clip = 1.0
-  config.train.ema_decay = 0.999
+  config.train.ema_decay = 0.995
   config.train.log_every = 50
-  config.train.checkpoint_every = 500
+  config.train.checkpoint_every = 200
   config.train.keep_checkpoints = 2
   return config

@@ -1,8 +1,8 @@
 """Text side of the model: a word tokenizer (pure numpy, runs in the input pipeline) and an encoder.
 
 Enough for captions from a small fixed grammar (the built-in world); the encoder is trained jointly
-with the DiT. Id 2 (bos) always leads, so even the empty caption has one real token: that is the "null
-caption" classifier-free guidance contrasts with.
+with the DiT. Id 2 (bos) always leads, so even the empty caption has one real token: that is the
+"null caption" classifier-free guidance contrasts with.
 """
 
 import re

@@ -77,12 +77,11 @@ def _halvings(count: int, levels: int) -> list[int]:
 
 
 def fold_plan(levels: int, temporal_factor: int, spatial_factor: int):
-  """((time, space) fold of the stem, [(time, space) fold after each level]).
-
-  All folds multiply to (f, s).
+  """Stem (time, space) fold and the (time, space) fold after each level; all multiply to (f, s).
 
   The stem folds the first 2x of time and of space before any conv, so no layer runs at full pixel
-  resolution or full frame rate; the rest is front-loaded, since early reductions make later layers cheap.
+  resolution or full frame rate; the rest is front-loaded, since early reductions make every later
+  layer cheaper.
   """
   if temporal_factor not in (1, 2, 4):
     raise ValueError(f"temporal_factor={temporal_factor} is not supported; valid: 1, 2, 4")
@@ -252,7 +251,7 @@ def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 VARIANTS: dict[str, dict] = {
-  # Unit tests: a few thousand parameters.
+  # Unit tests: about 40k parameters.
   "tiny": dict(
     channels=(8, 16), num_res_blocks=1, latent_channels=4, temporal_factor=4, spatial_factor=4
   ),
