@@ -33,8 +33,9 @@ class VideoGenerator:
     self.objective.prepare(workdir)
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
 
-  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
-  def _generate(self, params, frozen, tokens, token_mask, seeds_shape, steps, guidance, seeds):
+  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
+  def _generate(self, params, frozen, tokens, token_mask, seeds_shape, steps, guidance, shift,
+                seeds):
     latent_shape = seeds_shape
     noise = jax.vmap(lambda s: jax.random.normal(jax.random.key(s), latent_shape))(seeds)
     null_tokens = jnp.broadcast_to(jnp.asarray(self.objective.null_tokens[0]), tokens.shape)
@@ -44,12 +45,12 @@ class VideoGenerator:
       ids, mask = (tokens, token_mask) if conditional else (null_tokens, null_mask)
       return self.objective.velocity(params, x, t, ids, mask)
 
-    latents = samplers.euler(velocity, noise, steps, guidance)
+    latents = samplers.euler(velocity, noise, steps, guidance, shift)
     return self.objective.decode(frozen, latents)
 
   def generate(self, captions: list[str], seeds: list[int], *, frames: int | None = None,
                height: int | None = None, width: int | None = None, steps: int | None = None,
-               guidance: float | None = None) -> np.ndarray:
+               guidance: float | None = None, shift: float | None = None) -> np.ndarray:
     """uint8 videos (N, frames, height, width, 3), one per (caption, seed) pair."""
     if len(captions) != len(seeds):
       raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
@@ -58,9 +59,10 @@ class VideoGenerator:
     self.objective.check_shape(frames, height, width)
     steps = steps or self.config.sample.steps
     guidance = self.config.sample.guidance if guidance is None else guidance
+    shift = self.config.sample.get("shift", 1.0) if shift is None else shift
     tokens, mask = self.objective.tokenizer.encode_batch(captions)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       videos = self._generate(self.params, self.frozen, jnp.asarray(tokens), jnp.asarray(mask),
                               self.objective.latent_shape(frames, height, width), steps,
-                              float(guidance), jnp.asarray(seeds, jnp.uint32))
+                              float(guidance), float(shift), jnp.asarray(seeds, jnp.uint32))
     return np.asarray(videos)

@@ -53,6 +53,13 @@ def test_bad_size_names_nearest_valid(tmp_path):
   assert_one_line_error(result, "30", "28 or 32")
 
 
+def test_text_length_that_truncates_captions(tmp_path):
+  result = run("sorajax.train", "--config", "configs/shapes/dit.py:variant=tiny",
+               "--workdir", str(tmp_path), "--config.data.text_max_length=16",
+               f"--config.vae_workdir={tmp_path / 'no_vae'}")
+  assert_one_line_error(result, "data.text_max_length=16", "text_max_length=22")
+
+
 def test_sampling_without_checkpoint(tmp_path):
   configuration.save_config(configuration.load_config_file("configs/shapes/dit.py"), str(tmp_path))
   result = run("sorajax.sample", "--workdir", str(tmp_path), "--prompt", "a red square moving up")

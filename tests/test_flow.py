@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sorajax.diffusion import flow, samplers
 
@@ -45,6 +46,21 @@ def test_euler_with_exact_velocity_lands_on_data():
   # The straight path's velocity is constant, so Euler is exact at any step count.
   out = samplers.euler(lambda x, t, c: jnp.broadcast_to(noise - x0, x.shape), noise, steps=3)
   np.testing.assert_allclose(out, x0, atol=1e-6)
+
+
+def test_shifted_time_grid_keeps_ends_and_favours_high_noise():
+  plain, shifted = samplers.time_grid(10), samplers.time_grid(10, shift=3.0)
+  np.testing.assert_allclose([shifted[0], shifted[-1]], [1.0, 0.0], atol=1e-7)
+  assert bool(jnp.all(jnp.diff(shifted) < 0))
+  # More of the steps happen above t=0.5 than with the uniform grid.
+  assert int(jnp.sum(shifted > 0.5)) > int(jnp.sum(plain > 0.5))
+  # Euler on a straight path stays exact on any grid.
+  x0, noise = jnp.array([[1.0, -2.0]]), jnp.array([[0.3, 0.1]])
+  out = samplers.euler(lambda x, t, c: jnp.broadcast_to(noise - x0, x.shape), noise, steps=4,
+                       shift=3.0)
+  np.testing.assert_allclose(out, x0, atol=1e-6)
+  with pytest.raises(ValueError, match="shift"):
+    samplers.time_grid(4, shift=0.0)
 
 
 def test_guidance_extrapolates_from_unconditional():

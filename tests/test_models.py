@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sorajax.models import attention, dit, factors, text, vae
+from sorajax.models import attention, dit, factors, rope, text, vae
 
 # rbg keys: threefry's random bits take several times longer to compile on CPU.
 KEY = jax.random.key(0, impl="rbg")
@@ -177,9 +177,15 @@ def test_kl_closed_form_matches_monte_carlo():
     ((9, 32, 36, 4, 8), "width=36 is not a multiple of 8; nearest valid: 32 or 40"),
     ((0, 32, 32, 4, 8), "frames=0 is not 1 + 4*k; nearest valid: 1"),
     ((9, 4, 32, 4, 8), "height=4 is not a multiple of 8; nearest valid: 8"),
+    # A temporal patch of 2 needs an even latent frame count (1 + k).
+    ((9, 32, 32, 4, 8, 2), "frames=9 is not 1 + 4*k with 1 + k a multiple of 2; nearest valid: 5 or 13"),
+    ((13, 32, 32, 4, 8, 2), None),
   ],
 )
 def test_check_video_shape_names_nearest(args, message):
+  if message is None:
+    factors.check_video_shape(*args)
+    return
   with pytest.raises(ValueError) as info:
     factors.check_video_shape(*args)
   assert str(info.value) == message
@@ -257,6 +263,43 @@ def test_sincos_3d_rows_are_distinct():
   table = dit.sincos_3d((2, 3, 4), 32)
   assert table.shape == (24, 32)
   assert len(np.unique(table.round(6), axis=0)) == 24
+
+
+def test_rope_scores_depend_only_on_relative_position():
+  head_dim = 16
+  rng = np.random.default_rng(0)
+  q, k = rng.standard_normal((2, 1, 1, 1, head_dim)).astype(np.float32)
+  grid = (4, 5, 6)
+  angles = rope.rope_angles(grid, head_dim)
+  index = lambda t, h, w: (t * grid[1] + h) * grid[2] + w
+
+  def score(a, b):  # query at position a, key at position b
+    qa = rope.apply_rope(q, angles[index(*a)][None])
+    kb = rope.apply_rope(k, angles[index(*b)][None])
+    return float(jnp.sum(qa * kb))
+
+  np.testing.assert_allclose(score((0, 1, 2), (1, 3, 2)), score((2, 2, 3), (3, 4, 3)), rtol=1e-4)
+  np.testing.assert_allclose(score((1, 0, 0), (1, 0, 0)), float(np.sum(q * k)), rtol=1e-4)
+  # Different offsets give different scores, on every axis.
+  base = score((0, 0, 0), (1, 1, 1))
+  for other in [(2, 1, 1), (1, 2, 1), (1, 1, 2)]:
+    assert abs(score((0, 0, 0), other) - base) > 1e-3
+  # A rotation keeps every vector's length.
+  x = rng.standard_normal((2, angles.shape[0], 3, head_dim)).astype(np.float32)
+  np.testing.assert_allclose(np.linalg.norm(rope.apply_rope(x, angles), axis=-1),
+                             np.linalg.norm(x, axis=-1), rtol=1e-5)
+  assert sum(rope.axis_split(head_dim)) == head_dim
+  with pytest.raises(ValueError, match="head_dim=5"):
+    rope.axis_split(5)
+
+
+def test_dit_position_schemes_differ_and_bad_name_is_named(tiny_dit):
+  x, t, ctx, mask = _dit_inputs((2, 4, 4))
+  with_rope = tiny_dit.apply(tiny_dit.perturbed, x, t, ctx, mask)
+  sincos = jax.jit(dit.get_dit("tiny", positions="sincos").apply)
+  assert np.abs(sincos(tiny_dit.perturbed, x, t, ctx, mask) - with_rope).max() > 1e-4
+  with pytest.raises(ValueError, match="valid: rope, sincos"):
+    dit.get_dit("tiny", positions="learned").apply(tiny_dit.params, x, t, ctx, mask)
 
 
 # --- text -----------------------------------------------------------------------------------------

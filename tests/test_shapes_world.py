@@ -87,6 +87,15 @@ def test_caption_text_and_round_trip():
     assert shapes.parse_caption(shapes.Prompt((obj,), BLACK).caption).objects == (obj,)
 
 
+def test_max_caption_words_is_the_longest_caption():
+  longest = shapes.Prompt([shapes.ObjectSpec(c, "triangle", "static")
+                           for c in ("yellow", "magenta", "green")], BLACK)
+  assert len(longest.caption.split()) == shapes.max_caption_words(3)
+  world = _world(frames=1, max_objects=3)
+  assert max(len(world[i]["caption"].split()) for i in range(200)) <= shapes.max_caption_words(3)
+  assert shapes.max_caption_words(1) == len("a red circle moving left on a black background".split())
+
+
 def test_json_round_trip():
   prompt = _prompt(("cyan", "circle", "up"), ("yellow", "triangle", "down"), background="gray")
   assert shapes.Prompt.from_json(prompt.to_json()) == prompt

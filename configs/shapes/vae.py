@@ -29,7 +29,7 @@ def get_config(arg=None):
   config.data.min_objects = 1
   config.data.max_objects = 3
   config.data.worker_count = 0
-  config.data.text_max_length = 16
+  config.data.text_max_length = 24  # the longest 3-object caption is 22 tokens
 
   config.vae = ml_collections.ConfigDict()
   config.vae.variant = arg.variant

@@ -121,6 +121,12 @@ def caption_vocabulary() -> list[str]:
   return sorted(words)
 
 
+def max_caption_words(max_objects: int) -> int:
+  """Words in the longest caption with up to `max_objects` objects (size text inputs by this)."""
+  longest_phrase = 3 + max(len(phrase.split()) for phrase in _MOTION_PHRASES.values())
+  return max_objects * longest_phrase + (max_objects - 1) + len("on a _ background".split())
+
+
 class _WordReader:
   """Walks a caption word by word; errors name the bad word and what would fit."""
 

@@ -10,9 +10,16 @@ import jax.numpy as jnp
 VelocityFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
 
 
-def time_grid(steps: int) -> jax.Array:
-  """Uniform times 1 -> 0 (steps + 1 points)."""
-  return jnp.linspace(1.0, 0.0, steps + 1)
+def time_grid(steps: int, shift: float = 1.0) -> jax.Array:
+  """Times 1 -> 0 (steps + 1 points): uniform, then warped by SD3's shift.
+
+  t -> shift * t / (1 + (shift - 1) * t) keeps both ends fixed; shift > 1 spends more steps at high
+  noise, where the layout and the motion of a clip are decided.
+  """
+  if shift <= 0:
+    raise ValueError(f"shift={shift} must be positive")
+  t = jnp.linspace(1.0, 0.0, steps + 1)
+  return shift * t / (1.0 + (shift - 1.0) * t)
 
 
 def guided_velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
@@ -25,9 +32,10 @@ def guided_velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
   return unconditional + guidance * (conditional - unconditional)
 
 
-def euler(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0) -> jax.Array:
+def euler(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
+          shift: float = 1.0) -> jax.Array:
   """First-order integration of dx/dt = v from t=1 to t=0 under `lax.fori_loop`."""
-  grid = time_grid(steps)
+  grid = time_grid(steps, shift)
 
   def body(i, x):
     t, t_next = grid[i], grid[i + 1]

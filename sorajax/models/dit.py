@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sorajax.models import layers
+from sorajax.models import layers, rope
 from sorajax.models.factors import check_multiple
 
 Dtype = layers.Dtype
+POSITIONS = ("rope", "sincos")
 _zeros = nn.initializers.zeros
 
 
@@ -77,7 +78,7 @@ class DiTBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cond, context, context_mask):
+  def __call__(self, x, cond, context, context_mask, rope_angles=None):
     # One projection gives shift/scale/gate for both branches; zero init makes the block identity.
     # Its 6*hidden output dim is sharded like an MLP hidden dim.
     mod = layers.Dense(
@@ -91,7 +92,7 @@ class DiTBlock(nn.Module):
     h = _modulate(plain_norm("norm1")(x), shift1, scale1)
     h = layers.Attention(
       self.num_heads, implementation=self.attention, dtype=self.dtype, name="self_attn"
-    )(h)
+    )(h, rope_angles=rope_angles)
     x = layers.constrain(x + gate1 * h, layers.TOKENS)
 
     # Cross-attention is not timestep-modulated (as in PixArt); its zero-init output keeps identity.
@@ -120,6 +121,7 @@ class DiT(nn.Module):
   mlp_ratio: float = 4.0
   patch: tuple[int, int, int] = (1, 2, 2)
   attention: str = "xla"
+  positions: str = "rope"  # "rope": 3D rotary in self-attention; "sincos": added to the patch embeddings
   dtype: Dtype = jnp.float32
 
   def _grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -142,7 +144,13 @@ class DiT(nn.Module):
       )
     tokens = patchify(x.astype(self.dtype), self.patch)
     h = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype, name="patch_embed")(tokens)
-    h = h + jnp.asarray(sincos_3d(grid, self.hidden), self.dtype)
+    if self.positions not in POSITIONS:
+      raise ValueError(f"positions={self.positions!r} is unknown; valid: {', '.join(POSITIONS)}")
+    rope_angles = None
+    if self.positions == "rope":
+      rope_angles = jnp.asarray(rope.rope_angles(grid, self.hidden // self.num_heads))
+    else:
+      h = h + jnp.asarray(sincos_3d(grid, self.hidden), self.dtype)
     h = layers.constrain(h, layers.TOKENS)
     cond = layers.TimestepEmbedder(self.hidden, dtype=self.dtype, name="t_embed")(t)
     context = context.astype(self.dtype)
@@ -150,7 +158,7 @@ class DiT(nn.Module):
     for i in range(self.depth):
       h = DiTBlock(
         self.hidden, self.num_heads, self.mlp_ratio, self.attention, self.dtype, name=f"block_{i}"
-      )(h, cond, context, context_mask)
+      )(h, cond, context, context_mask, rope_angles)
     # Final adaLN layer and zero-initialised projection back to patches.
     mod = layers.Dense(
       2 * self.hidden,

@@ -30,20 +30,26 @@ def check_multiple(name: str, value: int, step: int, what: str = "") -> None:
   raise ValueError(f"{label}={value} is not a multiple of {step}; nearest valid: {near}")
 
 
-def check_frames(frames: int, temporal_factor: int) -> None:
-  """Frame counts are 1 + f*k: the first frame is encoded alone (so an image is one frame)."""
-  f = temporal_factor
-  if frames >= 1 and (frames - 1) % f == 0:
+def check_frames(frames: int, temporal_factor: int, temporal_patch: int = 1) -> None:
+  """Frame counts are 1 + f*k: the first frame is encoded alone (so an image is one frame).
+
+  With a temporal patch p over the 1 + k latent frames, 1 + k must also be a multiple of p.
+  """
+  f, p = temporal_factor, temporal_patch
+  first = 1 + f * (p - 1)  # the fewest frames whose latents fill one patch
+  if frames >= first and (frames - first) % (f * p) == 0:
     return
-  near = _describe(nearest_valid(frames, f, offset=1, minimum=1))
-  raise ValueError(f"frames={frames} is not 1 + {f}*k; nearest valid: {near}")
+  near = _describe(nearest_valid(frames, f * p, offset=first, minimum=first))
+  rule = f"1 + {f}*k" if p == 1 else f"1 + {f}*k with 1 + k a multiple of {p}"
+  raise ValueError(f"frames={frames} is not {rule}; nearest valid: {near}")
 
 
 def check_video_shape(
-  frames: int, height: int, width: int, temporal_factor: int, spatial_factor: int
+  frames: int, height: int, width: int, temporal_factor: int, spatial_factor: int,
+  temporal_patch: int = 1,
 ) -> None:
   """Raise a one-line ValueError naming the first bad dimension and the nearest valid values."""
-  check_frames(frames, temporal_factor)
+  check_frames(frames, temporal_factor, temporal_patch)
   check_multiple("height", height, spatial_factor)
   check_multiple("width", width, spatial_factor)
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sorajax.models import attention
+from sorajax.models import attention, rope
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -264,7 +264,8 @@ class MLP(nn.Module):
 class Attention(nn.Module):
   """Multi-head attention over tokens (B, L, width); cross-attention when `context` is given.
 
-  `mask` is boolean and broadcastable to (B, heads, Lq, Lk) (see `attention.attend`). `qk_norm`
+  `mask` is boolean and broadcastable to (B, heads, Lq, Lk) (see `attention.attend`); `rope_angles`
+  (Lq, head_dim // 2) rotates queries and keys by their positions (self-attention only). `qk_norm`
   applies RMS norm to queries and keys per head, which keeps logits bounded in long or
   low-precision runs. `zero_out` zero-initialises the output projection so a residual branch starts
   as identity.
@@ -277,7 +278,8 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None):
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None,
+               rope_angles: jax.Array | None = None):
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width={width} is not divisible by num_heads={self.num_heads}")
@@ -290,6 +292,8 @@ class Attention(nn.Module):
     if self.qk_norm:
       q = RMSNorm(dtype=self.dtype, name="query_norm")(q)
       k = RMSNorm(dtype=self.dtype, name="key_norm")(k)
+    if rope_angles is not None:  # self-attention over positioned tokens (see models/rope.py)
+      q, k = rope.apply_rope(q, rope_angles), rope.apply_rope(k, rope_angles)
     q, k, v = (constrain(a, TOKENS_HEADS) for a in (q, k, v))
     out = attention.attend(q, k, v, mask=mask, implementation=self.implementation)
     out_init = nn.initializers.zeros if self.zero_out else None

@@ -121,12 +121,18 @@ class DiTObjective:
 
   def __init__(self, config: ml_collections.ConfigDict, mesh):
     self.config = config
+    d = config.data
+    needed = 1 + shapes.max_caption_words(d.max_objects)  # +1: the bos token
+    if d.text_max_length < needed:
+      # Truncation would drop objects from captions while the videos still show them.
+      raise ConfigError(f"data.text_max_length={d.text_max_length} truncates captions of up to "
+                        f"{d.max_objects} objects ({needed} tokens); set "
+                        f"--config.data.text_max_length={needed} or more")
     self.vae_config, vae_params, _ = restore_inference_params(config.vae_workdir, mesh)
     self.vae = build_vae(self.vae_config)
     self.temporal_factor = self.vae_config.vae.temporal_factor
     self.spatial_factor = self.vae_config.vae.spatial_factor
     self.latent_channels = self.vae_config.vae.latent_channels
-    d = config.data
     self.check_shape(d.frames, d.height, d.width)
     self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(), d.text_max_length)
     self.null_tokens = self.tokenizer.encode("")
@@ -136,14 +142,15 @@ class DiTObjective:
                                   max_length=d.text_max_length, dtype=_dtype(config)),
         dit=dit_lib.get_dit(config.dit.variant, patch=tuple(config.dit.patch),
                             out_channels=self.latent_channels, attention=config.dit.attention,
+                            positions=config.dit.get("positions", "sincos"),  # runs saved before rope
                             dtype=_dtype(config)))
     self.frozen = {"vae": vae_params, "latent_mean": None, "latent_std": None}
 
   def check_shape(self, frames: int, height: int, width: int) -> None:
     """Pixels must fit the VAE's factors and the latent grid the DiT's patch."""
     pt, ph, pw = self.config.dit.patch
-    _checked(factors.check_video_shape, frames, height, width, self.temporal_factor * pt,
-             self.spatial_factor * max(ph, pw))
+    _checked(factors.check_video_shape, frames, height, width, self.temporal_factor,
+             self.spatial_factor * max(ph, pw), pt)
 
   def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     return (1 + (frames - 1) // self.temporal_factor, height // self.spatial_factor,
