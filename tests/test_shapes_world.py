@@ -1,6 +1,5 @@
 """The built-in shapes world: determinism, captions, the held-out split, layout, motion."""
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -247,16 +246,6 @@ def test_bouncing_reaches_a_wall_and_comes_back():
     mask = np.abs(video[4].astype(int) - shapes.COLORS["yellow"]).sum(-1) < 300
     profile = mask.any(axis=0) if axis == 0 else mask.any(axis=1)  # columns for x, rows for y
     assert profile[0] or profile[-1]
-
-
-def test_render_is_fast():
-  world = _world(min_objects=3, max_objects=3)
-  world[0]
-  start = time.perf_counter()
-  for index in range(50):
-    world[index]
-  per_example = (time.perf_counter() - start) / 50
-  assert per_example < 0.010, f"{per_example * 1e3:.1f} ms per 9x32x32 example"
 
 
 def test_edges_are_anti_aliased():
