@@ -41,9 +41,12 @@ class VideoGenerator:
     null_tokens = jnp.broadcast_to(jnp.asarray(self.objective.null_tokens[0]), tokens.shape)
     null_mask = jnp.broadcast_to(jnp.asarray(self.objective.null_tokens[1]), token_mask.shape)
 
-    def velocity(x, t, conditional):
-      ids, mask = (tokens, token_mask) if conditional else (null_tokens, null_mask)
-      return self.objective.velocity(params, x, t, ids, mask)
+    def velocity(x, t, conditional):  # conditional (n,): prompt or null prompt, per example
+      repeat = x.shape[0] // tokens.shape[0]  # 2 when guidance doubles the batch
+      pick = lambda real, null: jnp.where(conditional[:, None], jnp.tile(real, (repeat, 1)),
+                                          jnp.tile(null, (repeat, 1)))
+      return self.objective.velocity(params, x, t, pick(tokens, null_tokens),
+                                     pick(token_mask, null_mask))
 
     latents = samplers.euler(velocity, noise, steps, guidance, shift)
     return self.objective.decode(frozen, latents)

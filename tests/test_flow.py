@@ -63,7 +63,19 @@ def test_shifted_time_grid_keeps_ends_and_favours_high_noise():
     samplers.time_grid(4, shift=0.0)
 
 
-def test_guidance_extrapolates_from_unconditional():
-  v = samplers.guided_velocity(lambda x, t, c: jnp.where(c, 3.0, 1.0) * jnp.ones_like(x),
-                               jnp.zeros((1, 2)), jnp.zeros(1), guidance=2.0)
-  np.testing.assert_allclose(v, 5.0)  # 1 + 2 * (3 - 1)
+def test_guidance_extrapolates_from_unconditional_in_one_batched_call():
+  calls = []
+
+  def velocity(x, t, conditional):
+    calls.append(x.shape[0])
+    return jnp.where(conditional[:, None], 3.0, 1.0) * jnp.tanh(x + t[:, None])
+
+  x = jax.random.normal(jax.random.key(0), (3, 2))
+  t = jnp.array([0.2, 0.5, 0.9])
+  v = samplers.guided_velocity(velocity, x, t, guidance=2.0)
+  assert calls == [6]  # both halves in one call
+  np.testing.assert_allclose(v, 5.0 * jnp.tanh(x + t[:, None]), rtol=1e-6)  # 1 + 2 * (3 - 1)
+  calls.clear()
+  plain = samplers.guided_velocity(velocity, x, t, guidance=1.0)
+  assert calls == [3]  # no unconditional half
+  np.testing.assert_allclose(plain, 3.0 * jnp.tanh(x + t[:, None]), rtol=1e-6)

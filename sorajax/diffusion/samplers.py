@@ -6,8 +6,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-# velocity_fn(x_t, t, conditional: bool) -> velocity; t has shape (batch,).
-VelocityFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
+# velocity_fn(x_t, t, conditional) -> velocity; t (batch,) times, conditional (batch,) bool: which
+# examples see their prompt (True) and which the null prompt (False).
+VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def time_grid(steps: int, shift: float = 1.0) -> jax.Array:
@@ -24,11 +25,17 @@ def time_grid(steps: int, shift: float = 1.0) -> jax.Array:
 
 def guided_velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
                     guidance: float) -> jax.Array:
-  """Classifier-free guidance: v_uncond + g * (v_cond - v_uncond); g = 1 skips the unconditional pass."""
-  conditional = velocity_fn(x, t, True)
+  """Classifier-free guidance: v_uncond + g * (v_cond - v_uncond).
+
+  Both passes run as one call on a doubled batch (one larger matmul per layer instead of two);
+  g = 1 skips the unconditional half.
+  """
+  batch = x.shape[0]
   if guidance == 1.0:
-    return conditional
-  unconditional = velocity_fn(x, t, False)
+    return velocity_fn(x, t, jnp.ones((batch,), bool))
+  both = velocity_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                     jnp.arange(2 * batch) < batch)
+  conditional, unconditional = both[:batch], both[batch:]
   return unconditional + guidance * (conditional - unconditional)
 
 
