@@ -38,13 +38,11 @@ class VideoGenerator:
                 seeds):
     latent_shape = seeds_shape
     noise = jax.vmap(lambda s: jax.random.normal(jax.random.key(s), latent_shape))(seeds)
-    null_tokens = jnp.broadcast_to(jnp.asarray(self.objective.null_tokens[0]), tokens.shape)
-    null_mask = jnp.broadcast_to(jnp.asarray(self.objective.null_tokens[1]), token_mask.shape)
+    null_tokens, null_mask = (jnp.asarray(a) for a in self.objective.null_tokens)
 
     def velocity(x, t, conditional):  # conditional (n,): prompt or null prompt, per example
       repeat = x.shape[0] // tokens.shape[0]  # 2 when guidance doubles the batch
-      pick = lambda real, null: jnp.where(conditional[:, None], jnp.tile(real, (repeat, 1)),
-                                          jnp.tile(null, (repeat, 1)))
+      pick = lambda real, null: jnp.where(conditional[:, None], jnp.tile(real, (repeat, 1)), null)
       return self.objective.velocity(params, x, t, pick(tokens, null_tokens),
                                      pick(token_mask, null_mask))
 

@@ -35,11 +35,8 @@ def sincos_3d(grid: tuple[int, int, int], dim: int) -> np.ndarray:
   2*(dim//6) channels each and time the rest. Built from integer positions for the grid actually
   seen, so one set of weights serves any grid size.
   """
-  if dim % 2 or dim < 6:
-    raise ValueError(f"hidden={dim} must be even and >= 6 for 3D sin-cos positions")
-  d_space = 2 * (dim // 6)
-  t, h, w = (a.reshape(-1) for a in np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"))
-  table = [_sincos_1d(t, dim - 2 * d_space), _sincos_1d(h, d_space), _sincos_1d(w, d_space)]
+  positions = (a.reshape(-1) for a in np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"))
+  table = [_sincos_1d(p, d) for p, d in zip(positions, rope.axis_split(dim, "hidden"))]
   return np.concatenate(table, axis=-1).astype(np.float32)
 
 

@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def axis_split(head_dim: int) -> tuple[int, int, int]:
-  """Channels per axis (time, height, width); each even, summing to head_dim."""
-  if head_dim % 2 or head_dim < 6:
-    raise ValueError(f"head_dim={head_dim} must be even and >= 6 for 3D rotary positions")
-  space = 2 * (head_dim // 6)
-  return head_dim - 2 * space, space, space
+def axis_split(dim: int, name: str = "head_dim") -> tuple[int, int, int]:
+  """Channels per axis (time, height, width), each even and summing to `dim`: height and width get
+  2*(dim//6) each, time the rest. Shared by RoPE and the DiT's additive sin-cos table."""
+  if dim % 2 or dim < 6:
+    raise ValueError(f"{name}={dim} must be even and >= 6 for 3D positions")
+  space = 2 * (dim // 6)
+  return dim - 2 * space, space, space
 
 
 def rope_angles(grid: tuple[int, int, int], head_dim: int, theta: float = 10_000.0) -> np.ndarray:
