@@ -2,6 +2,13 @@
 
 Each sample's noise comes from its own seed, so a video depends on (prompt, seed, settings) and not
 on which batch or device produced it.
+
+Staged sampling (`sample.stage_frames = k > 0`): sample the clip from text and keep its first k
+latent frames, then sample it again with those frames given and keep k more, until every frame is
+fixed. k = 1 on a 2-frame latent clip is text -> image -> video (Emu Video's factorisation); in
+general it is autoregressive generation in chunks of k frames, the way long clips are made. It needs a
+run trained to continue a prefix (`flow.given_frames.prefix > 0`, or `.first` when only the first
+frame is ever given).
 """
 from __future__ import annotations
 
@@ -16,6 +23,11 @@ from sorajax.configuration import ConfigError
 from sorajax.diffusion import samplers
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
+
+
+def stage_prefixes(frames: int, stage_frames: int) -> list[int]:
+  """How many leading latent frames are given to each stage after the first: k, 2k, ... < frames."""
+  return list(range(stage_frames, frames, stage_frames)) if stage_frames > 0 else []
 
 
 class VideoGenerator:
@@ -33,11 +45,12 @@ class VideoGenerator:
     self.objective.prepare(workdir)
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
 
-  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
-  def _generate(self, params, frozen, tokens, token_mask, seeds_shape, steps, guidance, shift,
-                seeds):
-    latent_shape = seeds_shape
-    noise = jax.vmap(lambda s: jax.random.normal(jax.random.key(s), latent_shape))(seeds)
+  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9))
+  def _generate(self, params, frozen, tokens, token_mask, latent_shape, steps, guidance, shift,
+                stage_frames, seeds):
+    def noise(stage):  # sample i's first stage draws from key(seed_i), later ones from folds of it
+      key = lambda s: jax.random.key(s) if stage == 0 else jax.random.fold_in(jax.random.key(s), stage)
+      return jax.vmap(lambda s: jax.random.normal(key(s), latent_shape))(seeds)
     null_tokens, null_mask = (jnp.asarray(a) for a in self.objective.null_tokens)
 
     def velocity(x, t, conditional):  # conditional (n,): prompt or null prompt, per example
@@ -46,13 +59,20 @@ class VideoGenerator:
       return self.objective.velocity(params, x, t, pick(tokens, null_tokens),
                                      pick(token_mask, null_mask))
 
-    latents = samplers.euler(velocity, noise, steps, guidance, shift)
+    latents = samplers.euler(velocity, noise(0), steps, guidance, shift)
+    for stage, fixed in enumerate(stage_prefixes(latent_shape[0], stage_frames), start=1):
+      given = jnp.broadcast_to(jnp.arange(latent_shape[0]) < fixed, latents.shape[:2])
+      latents = samplers.euler(velocity, noise(stage), steps, guidance, shift, given, latents)
     return self.objective.decode(frozen, latents)
 
   def generate(self, captions: list[str], seeds: list[int], *, frames: int | None = None,
                height: int | None = None, width: int | None = None, steps: int | None = None,
-               guidance: float | None = None, shift: float | None = None) -> np.ndarray:
-    """uint8 videos (N, frames, height, width, 3), one per (caption, seed) pair."""
+               guidance: float | None = None, shift: float | None = None,
+               stage_frames: int | None = None) -> np.ndarray:
+    """uint8 videos (N, frames, height, width, 3), one per (caption, seed) pair.
+
+    Unset settings take the run's `config.sample` values.
+    """
     if len(captions) != len(seeds):
       raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
     d = self.config.data
@@ -61,9 +81,19 @@ class VideoGenerator:
     steps = steps or self.config.sample.steps
     guidance = self.config.sample.guidance if guidance is None else guidance
     shift = self.config.sample.get("shift", 1.0) if shift is None else shift
+    if stage_frames is None:
+      stage_frames = self.config.sample.get("stage_frames", 0)
+    latent_shape = self.objective.latent_shape(frames, height, width)
+    prefixes = stage_prefixes(latent_shape[0], stage_frames)
+    trained = self.objective.given_frames
+    if prefixes and not (trained.get("prefix", 0.0) > 0
+                         or (prefixes == [1] and trained.get("first", 0.0) > 0)):
+      raise ConfigError(f"staged sampling (stage_frames={stage_frames}) needs a run trained with "
+                        "flow.given_frames.prefix > 0 (or .first, for one given frame); "
+                        "sample with --stage_frames=0")
     tokens, mask = self.objective.tokenizer.encode_batch(captions)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       videos = self._generate(self.params, self.frozen, jnp.asarray(tokens), jnp.asarray(mask),
-                              self.objective.latent_shape(frames, height, width), steps,
-                              float(guidance), float(shift), jnp.asarray(seeds, jnp.uint32))
+                              latent_shape, steps, float(guidance), float(shift), int(stage_frames),
+                              jnp.asarray(seeds, jnp.uint32))
     return np.asarray(videos)

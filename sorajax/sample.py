@@ -23,6 +23,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "First seed.")
 _OUT = flags.DEFINE_string("out", "samples", "Output folder.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's sample.steps).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the run's sample.guidance).")
+_STAGE_FRAMES = flags.DEFINE_integer(
+    "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
+    "run's sample.stage_frames).")
 _FRAMES = flags.DEFINE_integer("frames", None, "Frames (default: the training size).")
 _HEIGHT = flags.DEFINE_integer("height", None, "Height in pixels (default: the training size).")
 _WIDTH = flags.DEFINE_integer("width", None, "Width in pixels (default: the training size).")
@@ -46,7 +49,8 @@ def main(argv):
       captions.append(prompt)
       seeds.append(_SEED.value + i)
   videos = generator.generate(captions, seeds, frames=_FRAMES.value, height=_HEIGHT.value,
-                              width=_WIDTH.value, steps=_STEPS.value, guidance=_GUIDANCE.value)
+                              width=_WIDTH.value, steps=_STEPS.value, guidance=_GUIDANCE.value,
+                              stage_frames=_STAGE_FRAMES.value)
   os.makedirs(_OUT.value, exist_ok=True)
   records = []
   for index, (caption, seed, video) in enumerate(zip(captions, seeds, videos)):

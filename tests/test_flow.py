@@ -79,3 +79,55 @@ def test_guidance_extrapolates_from_unconditional_in_one_batched_call():
   plain = samplers.guided_velocity(velocity, x, t, guidance=1.0)
   assert calls == [3]  # no unconditional half
   np.testing.assert_allclose(plain, 3.0 * jnp.tanh(x + t[:, None]), rtol=1e-6)
+
+def test_given_frames_are_clean_at_time_zero_and_outside_the_loss():
+  x0 = jax.random.normal(jax.random.key(1), (3, 4, 2, 2))  # (batch, frames, ...)
+  given = jnp.array([[True, False, False, False], [False] * 4, [True, True, False, False]])
+  seen = {}
+
+  def oracle(x_t, t):  # exact for generated frames; records what the model was shown
+    seen["x_t"], seen["t"] = x_t, t
+    tt = t[:, :, None, None]
+    noise = (x_t - (1 - tt) * x0) / jnp.maximum(tt, 1e-6)
+    return noise - x0
+
+  loss, metrics = flow.flow_matching_loss(oracle, x0, jax.random.key(2), given=given)
+  assert float(loss) < 1e-8
+  assert seen["t"].shape == (3, 4)
+  np.testing.assert_array_equal(np.asarray(seen["t"])[np.asarray(given)], 0.0)
+  assert bool(jnp.all(seen["t"][~given] > 0))
+  np.testing.assert_allclose(seen["x_t"][0, 0], x0[0, 0])
+  np.testing.assert_allclose(float(metrics["given_frames"]), 3 / 12)
+
+  def wrong_on_given(x_t, t):  # garbage on given frames must not count
+    return jnp.where(given[:, :, None, None], 100.0, oracle(x_t, t))
+
+  loss, _ = flow.flow_matching_loss(wrong_on_given, x0, jax.random.key(2), given=given)
+  assert float(loss) < 1e-8
+
+  def wrong_on_frame_3(x_t, t):  # a generated frame's error counts
+    return oracle(x_t, t).at[:, 3].add(1.0)
+
+  loss, _ = flow.flow_matching_loss(wrong_on_frame_3, x0, jax.random.key(2), given=given)
+  # Each example averages over the frames it generates: 1/3, 1/4 and 1/2 of them are wrong by 1.
+  np.testing.assert_allclose(float(loss), (1 / 3 + 1 / 4 + 1 / 2) / 3, rtol=1e-5)
+
+
+def test_euler_keeps_given_frames_and_lands_the_rest_on_data():
+  x0 = jax.random.normal(jax.random.key(0), (2, 3, 4))
+  noise = jax.random.normal(jax.random.key(1), (2, 3, 4))
+  given = jnp.array([[True, False, False], [False, False, True]])
+  times = []
+
+  def velocity(x, t, c):
+    times.append(t)
+    return jnp.broadcast_to(noise - x0, x.shape)  # straight path: Euler is exact
+
+  out = samplers.euler(velocity, noise, steps=3, given=given, given_latents=x0 + 5.0)
+  np.testing.assert_allclose(out[0, 0], x0[0, 0] + 5.0)  # held exactly as given
+  np.testing.assert_allclose(out[1, 2], x0[1, 2] + 5.0)
+  np.testing.assert_allclose(out[0, 1:], x0[0, 1:], atol=1e-5)
+  np.testing.assert_allclose(out[1, :2], x0[1, :2], atol=1e-5)
+  assert times[0].shape == (2, 3)
+  with pytest.raises(ValueError, match="both"):
+    samplers.euler(velocity, noise, steps=2, given=given)

@@ -250,6 +250,35 @@ def test_dit_honours_context_mask(tiny_dit):
   assert np.abs(apply(params, x, t, real_changed, mask)[0] - base[0]).max() > 1e-4
 
 
+def test_dit_pooled_text_ignores_padding():
+  model = dit.get_dit("tiny", pooled_text=True)
+  x, t, ctx, mask = _dit_inputs((2, 4, 4))
+  params = _perturb(jax.jit(model.init)(KEY, x, t, ctx, mask))
+  assert "text_pool_fc1" in params["params"]
+  base = model.apply(params, x, t, ctx, mask)
+  padded_changed = ctx.copy()
+  padded_changed[0, 4] += 5.0  # example 0 has 3 real tokens
+  np.testing.assert_allclose(model.apply(params, x, t, padded_changed, mask), base, atol=1e-6)
+  real_changed = ctx.copy()
+  real_changed[0, 1] += 5.0
+  assert np.abs(model.apply(params, x, t, real_changed, mask)[0] - base[0]).max() > 1e-4
+
+
+def test_dit_per_frame_times(tiny_dit):
+  params, apply = tiny_dit.perturbed, tiny_dit.apply
+  x, t, ctx, mask = _dit_inputs((3, 4, 4))
+  base = apply(params, x, t, ctx, mask)
+  # The same time on every frame is the clip-level time.
+  per_frame = np.repeat(t[:, None], 3, axis=1)
+  np.testing.assert_allclose(apply(params, x, per_frame, ctx, mask), base, atol=1e-5)
+  # Changing one frame's time changes the output (through attention, every frame's).
+  per_frame[:, 0] = 0.0
+  changed = apply(params, x, per_frame, ctx, mask)
+  assert np.abs(changed - base)[:, 1:].max() > 1e-4
+  with pytest.raises(ValueError, match="must be \\(batch,\\)"):
+    apply(params, x, per_frame[:, :2], ctx, mask)
+
+
 def test_dit_grid_error_names_nearest(tiny_dit):
   x, t, ctx, mask = _dit_inputs((2, 7, 4))
   message = "latent height=7 is not a multiple of 2; nearest valid: 6 or 8"

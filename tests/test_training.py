@@ -45,6 +45,8 @@ def dit_workdir(tmp_path_factory, vae_workdir):
   config = tiny_config(DIT_CONFIG)
   config.vae_workdir = vae_workdir
   config.sample.steps = 3
+  config.flow.given_frames.prefix = 0.5  # so the run can also sample frame by frame
+  config.sample.stage_frames = 1
   train.train_and_evaluate(config, workdir)
   return workdir
 
@@ -105,5 +107,20 @@ def test_sampling_is_deterministic_per_seed(dit_workdir):
   assert np.abs(first[0].astype(int) - first[1].astype(int)).mean() > 1.0
   image = generator.generate([caption], [0], frames=1)
   assert image.shape == (1, 1, 16, 16, 3)
+  # The run samples in stages; one pass gives another, equally deterministic video.
+  assert generator.config.sample.stage_frames == 1
+  one_stage = generator.generate([caption, caption], [0, 0], stage_frames=0)
+  np.testing.assert_array_equal(one_stage[0], one_stage[1])
+  assert np.abs(one_stage[0].astype(int) - first[0].astype(int)).mean() > 1.0
+  generator.objective.given_frames = {"prefix": 0.0}  # as if trained on text alone
+  with pytest.raises(configuration.ConfigError, match="given_frames.prefix > 0"):
+    generator.generate([caption], [0])
   with pytest.raises(configuration.ConfigError, match="nearest valid"):
     generator.generate([caption], [0], frames=6)
+
+
+def test_stage_prefixes():
+  from sorajax.generation import stage_prefixes  # pylint: disable=import-outside-toplevel
+  assert stage_prefixes(3, 1) == [1, 2]  # frame 0, then 1 given 0, then 2 given 0-1
+  assert stage_prefixes(5, 2) == [2, 4]
+  assert stage_prefixes(3, 0) == [] and stage_prefixes(1, 1) == []  # one pass; an image

@@ -41,6 +41,7 @@ def get_config(arg=None):
   config.dit.patch = (1, 2, 2)
   config.dit.attention = "xla"
   config.dit.positions = "rope"  # 3D rotary (or "sincos", added to the patch embeddings)
+  config.dit.pooled_text = False  # True: the mean text embedding joins the time in every adaLN
 
   config.text = ml_collections.ConfigDict()
   config.text.hidden = 128
@@ -51,12 +52,19 @@ def get_config(arg=None):
   config.flow.logit_mean = 0.0
   config.flow.logit_std = 1.0
   config.flow.caption_dropout = 0.1
+  # Share of examples whose first frame / first k frames / last frame / both end frames are given
+  # clean (sorajax/diffusion/frame_conditioning.py); the rest are generated from text alone.
+  config.flow.given_frames = ml_collections.ConfigDict(dict(first=0.0, prefix=0.0, last=0.0,
+                                                            ends=0.0))
   config.flow.latent_stats_batches = 8  # batches used to measure the VAE latents' mean and std
 
   config.sample = ml_collections.ConfigDict()
   config.sample.steps = 30
   config.sample.guidance = 4.0
   config.sample.shift = 1.0  # >1 spends more sampler steps at high noise (SD3's time shift)
+  # > 0: generate k latent frames per stage, each stage given the ones before (needs
+  # flow.given_frames.prefix > 0); 0: the whole clip in one pass.
+  config.sample.stage_frames = 0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = arg.batch

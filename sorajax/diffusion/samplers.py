@@ -6,8 +6,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-# velocity_fn(x_t, t, conditional) -> velocity; t (batch,) times, conditional (batch,) bool: which
-# examples see their prompt (True) and which the null prompt (False).
+from sorajax.diffusion import flow
+
+# velocity_fn(x_t, t, conditional) -> velocity; t (batch,) times or (batch, frames) per-frame times,
+# conditional (batch,) bool: which examples see their prompt (True) and which the null prompt.
 VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
@@ -40,13 +42,30 @@ def guided_velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
 
 
 def euler(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
-          shift: float = 1.0) -> jax.Array:
-  """First-order integration of dx/dt = v from t=1 to t=0 under `lax.fori_loop`."""
+          shift: float = 1.0, given: jax.Array | None = None,
+          given_latents: jax.Array | None = None) -> jax.Array:
+  """First-order integration of dx/dt = v from t=1 to t=0 under `lax.fori_loop`.
+
+  With `given` (batch, frames) bool, those frames of `given_latents` (shaped like `noise`) are held
+  clean at t=0 throughout while the others are generated around them.
+  """
   grid = time_grid(steps, shift)
+  batch = noise.shape[0]
+  if (given is None) != (given_latents is None):
+    raise ValueError("pass both given and given_latents, or neither")
+  if given is not None:
+    if given.shape != noise.shape[:2] or given_latents.shape != noise.shape:
+      raise ValueError(f"given {given.shape} / given_latents {given_latents.shape} must be "
+                       f"{noise.shape[:2]} / {noise.shape}")
+    keep = given.reshape(given.shape + (1,) * (noise.ndim - 2))
+    noise = jnp.where(keep, given_latents, noise)
 
   def body(i, x):
     t, t_next = grid[i], grid[i + 1]
-    v = guided_velocity(velocity_fn, x, jnp.full((x.shape[0],), t, x.dtype), guidance)
-    return x + (t_next - t) * v
+    times = jnp.full((batch,), t, x.dtype)
+    if given is not None:
+      times = flow.frame_times(times, given)
+    x_next = x + (t_next - t) * guided_velocity(velocity_fn, x, times, guidance)
+    return x_next if given is None else jnp.where(keep, x, x_next)
 
   return jax.lax.fori_loop(0, steps, body, noise)

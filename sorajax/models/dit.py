@@ -5,6 +5,10 @@ to each other (full spacetime self-attention), then cross-attend to the text tok
 on the timestep is adaLN-Zero (DiT): every block's modulation starts at zero so the block starts
 as identity, and the final projection starts at zero so the untrained model predicts exactly zero
 velocity.
+
+The time may differ per latent frame (t of shape (B, T)): frames given as clean conditioning sit at
+t=0 next to frames still being denoised, which is how one model animates an image or extends a
+clip (as in Wan 2.2's and LTX-Video's frame conditioning).
 """
 
 import dataclasses
@@ -61,6 +65,18 @@ def unpatchify(
   return x.reshape(b, gt * pt, gh * ph, gw * pw, c)
 
 
+def _per_frame(params: jax.Array, num_tokens: int) -> jax.Array:
+  """(B, F, D) per-frame values -> broadcastable against tokens (B, N, D), N = F * tokens/frame.
+
+  F = 1 (one time for the whole clip) broadcasts as is; otherwise each frame's row is repeated over
+  its tokens (row-major (t, h, w) order), a broadcast XLA fuses into the elementwise consumer.
+  """
+  b, f, d = params.shape
+  if f == 1:
+    return params
+  return jnp.broadcast_to(params[:, :, None, :], (b, f, num_tokens // f, d)).reshape(b, num_tokens, d)
+
+
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1.0 + scale) + shift
 
@@ -76,12 +92,14 @@ class DiTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, cond, context, context_mask, rope_angles=None):
+    """cond (B, F, hidden): the time embedding for the whole clip (F=1) or per token frame."""
     # One projection gives shift/scale/gate for both branches; zero init makes the block identity.
     # Its 6*hidden output dim is sharded like an MLP hidden dim.
     mod = layers.Dense(
       6 * self.hidden, ("embed", "mlp"), kernel_init=_zeros, dtype=self.dtype, name="modulation"
     )(nn.silu(cond))
-    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod[:, None, :], 6, axis=-1)
+    mod = _per_frame(mod, x.shape[1])
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
     plain_norm = lambda name: layers.LayerNorm(  # adaLN supplies the affine part
       use_scale=False, use_bias=False, dtype=self.dtype, name=name
     )
@@ -119,6 +137,9 @@ class DiT(nn.Module):
   patch: tuple[int, int, int] = (1, 2, 2)
   attention: str = "xla"
   positions: str = "rope"  # "rope": 3D rotary in self-attention; "sincos": added to the patch embeddings
+  # Also feed the mean of the text tokens into the adaLN conditioning, next to the time (as SD3 and
+  # HunyuanVideo do with a pooled text vector): global attributes then modulate every block directly.
+  pooled_text: bool = False
   dtype: Dtype = jnp.float32
 
   def _grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -130,11 +151,17 @@ class DiT(nn.Module):
 
   @nn.compact
   def __call__(self, x, t, context, context_mask):
-    """Velocity (B, T, H, W, out_channels) for latents x (B, T, H, W, C) at times t (B,) in [0, 1].
+    """Velocity (B, T, H, W, out_channels) for latents x (B, T, H, W, C) at times t in [0, 1].
 
-    context (B, L, D) holds text embeddings; context_mask (B, L) is True for real tokens.
+    t is (B,) for one time per clip or (B, T) per latent frame; with a temporal patch pt > 1 a
+    token takes the time of the first frame it covers. context (B, L, D) holds text embeddings;
+    context_mask (B, L) is True for real tokens.
     """
     grid = self._grid(x.shape)
+    if t.shape not in (x.shape[:1], x.shape[:2]):
+      raise ValueError(f"t shape={t.shape} must be (batch,)={x.shape[:1]} or "
+                       f"(batch, frames)={x.shape[:2]}")
+    t = t[:, None] if t.ndim == 1 else t[:, :: self.patch[0]]  # (B, 1) or (B, token frames)
     if context_mask.shape != context.shape[:2]:
       raise ValueError(
         f"context_mask shape={context_mask.shape} must equal context[:2]={context.shape[:2]}"
@@ -152,6 +179,13 @@ class DiT(nn.Module):
     cond = layers.TimestepEmbedder(self.hidden, dtype=self.dtype, name="t_embed")(t)
     context = context.astype(self.dtype)
     context_mask = context_mask.astype(bool)
+    if self.pooled_text:
+      weights = context_mask.astype(self.dtype)[:, :, None]
+      pooled = (context * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+      pooled = layers.Dense(self.hidden, (None, "mlp"), dtype=self.dtype, name="text_pool_fc1")(pooled)
+      pooled = layers.Dense(self.hidden, ("mlp", "embed"), dtype=self.dtype,
+                            name="text_pool_fc2")(nn.silu(pooled))
+      cond = cond + pooled[:, None, :]
     for i in range(self.depth):
       h = DiTBlock(
         self.hidden, self.num_heads, self.mlp_ratio, self.attention, self.dtype, name=f"block_{i}"
@@ -164,7 +198,7 @@ class DiT(nn.Module):
       dtype=self.dtype,
       name="final_modulation",
     )(nn.silu(cond))
-    shift, scale = jnp.split(mod[:, None, :], 2, axis=-1)
+    shift, scale = jnp.split(_per_frame(mod, h.shape[1]), 2, axis=-1)
     h = layers.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="final_norm")(h)
     out = layers.Dense(
       int(np.prod(self.patch)) * self.out_channels,

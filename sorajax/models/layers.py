@@ -222,18 +222,18 @@ class GroupNorm(nn.Module):
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
-  """Sinusoidal features (B,) -> (B, dim) of a float timestep, as in DiT (cos half, sin half)."""
+  """Sinusoidal features (...) -> (..., dim) of a float timestep, as in DiT (cos half, sin half)."""
   half = dim // 2
   freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  angles = t.astype(jnp.float32)[..., None] * freqs
   emb = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
   if dim % 2:
-    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    emb = jnp.pad(emb, [(0, 0)] * t.ndim + [(0, 1)])
   return emb
 
 
 class TimestepEmbedder(nn.Module):
-  """t in [0, 1] -> (B, hidden): sinusoid of 1000*t (DiT's frequency range), then an MLP."""
+  """t in [0, 1], any shape (...) -> (..., hidden): sinusoid of 1000*t (DiT's frequency range), then an MLP."""
 
   hidden: int
   frequency_dim: int = 256

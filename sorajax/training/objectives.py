@@ -25,6 +25,7 @@ from sorajax.models import text as text_lib
 from sorajax.models import vae as vae_lib
 from sorajax.models.denoiser import TextToVideo
 from sorajax.diffusion import flow
+from sorajax.diffusion import frame_conditioning
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import checkpoint as checkpoint_lib
 from sorajax.training import state as state_lib
@@ -116,7 +117,8 @@ class DiTObjective:
 
   The VAE comes from `config.vae_workdir` and stays frozen; captions are dropped (replaced by the
   empty caption) with probability `flow.caption_dropout` so the model also learns the unconditional
-  velocity that classifier-free guidance needs.
+  velocity that classifier-free guidance needs. `flow.given_frames` maps frame-conditioning modes
+  (diffusion/frame_conditioning.py) to the share of examples that get those frames clean.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh):
@@ -134,6 +136,10 @@ class DiTObjective:
     self.spatial_factor = self.vae_config.vae.spatial_factor
     self.latent_channels = self.vae_config.vae.latent_channels
     self.check_shape(d.frames, d.height, d.width)
+    # Runs saved before frame conditioning have no flow.given_frames: text-only training.
+    self.given_frames = {m: float(p) for m, p in config.flow.get("given_frames", {}).items()}
+    _checked(frame_conditioning.check_probabilities, self.given_frames,
+             self.latent_shape(d.frames, d.height, d.width)[0])
     self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(), d.text_max_length)
     self.null_tokens = self.tokenizer.encode("")
     self.denoiser = TextToVideo(
@@ -143,6 +149,7 @@ class DiTObjective:
         dit=dit_lib.get_dit(config.dit.variant, patch=tuple(config.dit.patch),
                             out_channels=self.latent_channels, attention=config.dit.attention,
                             positions=config.dit.get("positions", "sincos"),  # runs saved before rope
+                            pooled_text=config.dit.get("pooled_text", False),
                             dtype=_dtype(config)))
     self.frozen = {"vae": vae_params, "latent_mean": None, "latent_std": None}
 
@@ -204,15 +211,18 @@ class DiTObjective:
     return self.denoiser.apply({"params": params}, latents, t, tokens, token_mask)
 
   def loss(self, params, frozen, batch, rng):
-    drop_rng, flow_rng = jax.random.split(rng)
+    drop_rng, flow_rng, given_rng = jax.random.split(rng, 3)
     x0 = jax.lax.stop_gradient(self.encode(frozen, batch["video"]))
+    given = None
+    if any(p > 0 for p in self.given_frames.values()):
+      given = frame_conditioning.sample_given(given_rng, x0.shape[0], x0.shape[1], self.given_frames)
     tokens, mask = batch["tokens"], batch["token_mask"]
     drop = jax.random.bernoulli(drop_rng, self.config.flow.caption_dropout, (tokens.shape[0], 1))
     tokens = jnp.where(drop, jnp.asarray(self.null_tokens[0])[None], tokens)
     mask = jnp.where(drop, jnp.asarray(self.null_tokens[1])[None], mask)
     loss, metrics = flow.flow_matching_loss(
         lambda x_t, t: self.velocity(params, x_t, t, tokens, mask), x0, flow_rng,
-        self.config.flow.logit_mean, self.config.flow.logit_std)
+        self.config.flow.logit_mean, self.config.flow.logit_std, given)
     return loss, metrics
 
 
