@@ -49,17 +49,13 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   time_rng, noise_rng = jax.random.split(rng)
   t = sample_timesteps(time_rng, x0.shape[0], logit_mean, logit_std)
   noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
-  if given is None:
-    prediction = predict_velocity(interpolate(x0, noise, t), t)
-    error = jnp.square(prediction.astype(jnp.float32) - velocity_target(x0, noise))
-    per_example = error.reshape(error.shape[0], -1).mean(axis=1)
-    return per_example.mean(), {"t_mean": t.mean()}
-  times = frame_times(t, given)
+  times = t if given is None else frame_times(t, given)  # a clip-level t keeps the model's cheap path
   prediction = predict_velocity(interpolate(x0, noise, times), times)
   error = jnp.square(prediction.astype(jnp.float32) - velocity_target(x0, noise))
+  if given is None:
+    given = jnp.zeros(x0.shape[:2], bool)
   generated = _broadcast_time(~given, error).astype(jnp.float32)
   axes = tuple(range(1, error.ndim))
-  elements_per_frame = error[0, 0].size
   per_example = (error * generated).sum(axes) / jnp.maximum(
-      generated.sum(axes) * elements_per_frame, 1.0)
+      generated.sum(axes) * error[0, 0].size, 1.0)
   return per_example.mean(), {"t_mean": t.mean(), "given_frames": given.mean()}
