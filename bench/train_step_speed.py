@@ -1,9 +1,11 @@
 r"""Train-step throughput of the demo's VAE and DiT configs on this machine's devices.
 
-  python bench/train_step_speed.py --vae_workdir runs/demo/vae [--steps 20]
+  python bench/train_step_speed.py --vae_workdir runs/demo/vae [--steps 20] [--latent_cache 2048]
 
 Times `--steps` jitted steps after one warm-up (compile) step, for each objective, and prints
 steps/s and examples/s. The DiT needs a trained (or briefly trained) VAE workdir for its encoder.
+With --latent_cache N the DiT trains from N pre-encoded clips (its one-off encoding is timed
+separately), as `data.latent_cache` does.
 """
 import argparse
 import os
@@ -27,11 +29,15 @@ def time_steps(config, steps: int, workdir: str) -> float:
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   rules = mesh_lib.logical_rules(config.logical_rules)
   objective = objectives.build_objective(config, mesh)
+  start = time.perf_counter()
   objective.prepare(workdir)
+  if objective.train_source is not None:
+    print(f"latent cache of {len(objective.train_source)} clips built in "
+          f"{time.perf_counter() - start:.1f} s (with the latent statistics)")
   optimizer = state_lib.make_optimizer(config.train)
   state, shardings = state_lib.init_sharded_state(
       objective.init_params, optimizer, config.train.ema_decay, jax.random.key(0), mesh, rules)
-  batches = pipeline.train_batches(config, mesh, objective.tokenizer)
+  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_source)
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
   step = train.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
   rng = jax.random.key(1)
@@ -49,11 +55,14 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--vae_workdir", required=True)
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--latent_cache", type=int, default=0, help="DiT: pre-encoded clips (0: none)")
   args = parser.parse_args()
   print(f"devices: {jax.devices()}")
   for name in ("vae", "dit"):
     config = configuration.load_config_file(os.path.join(ROOT, f"configs/shapes/{name}.py"))
     config.vae_workdir = args.vae_workdir if name == "dit" else ""
+    if name == "dit":
+      config.data.latent_cache = args.latent_cache
     with tempfile.TemporaryDirectory() as workdir:
       seconds = time_steps(config, args.steps, workdir)
     print(f"{name}: batch {config.train.batch_size}: {seconds * 1000:.0f} ms/step, "

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sorajax.configuration import ConfigError
-from sorajax.diffusion import samplers
+from sorajax.diffusion import flow, samplers
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 
@@ -50,7 +50,9 @@ class VideoGenerator:
                 stage_frames, seeds):
     def noise(stage):  # sample i's first stage draws from key(seed_i), later ones from folds of it
       key = lambda s: jax.random.key(s) if stage == 0 else jax.random.fold_in(jax.random.key(s), stage)
-      return jax.vmap(lambda s: jax.random.normal(key(s), latent_shape))(seeds)
+      correlation = self.objective.frame_noise_correlation  # the prior the run was trained from
+      return jax.vmap(lambda s: flow.frame_noise(key(s), latent_shape, correlation, frame_axis=0))(
+          seeds)
     null_tokens, null_mask = (jnp.asarray(a) for a in self.objective.null_tokens)
 
     def velocity(x, t, conditional):  # conditional (n,): prompt or null prompt, per example

@@ -88,7 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # ---------------------------------------------------------------------------------------------
   objective = objectives.build_objective(config, mesh)
   objective.prepare(workdir)
-  batches = pipeline.train_batches(config, mesh, objective.tokenizer)
+  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_source)
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
 
   # ---------------------------------------------------------------------------------------------

@@ -12,3 +12,15 @@ os.environ["XLA_FLAGS"] = " ".join([
     "--xla_llvm_disable_expensive_passes=true",
 ]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # pylint: disable=wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def vae_workdir(tmp_path_factory):
+  """A tiny VAE run, trained once per test process and shared by the DiT tests."""
+  from sorajax import train  # pylint: disable=import-outside-toplevel
+  from tiny import VAE_CONFIG, tiny_config  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("vae"))
+  train.train_and_evaluate(tiny_config(VAE_CONFIG), workdir)
+  return workdir

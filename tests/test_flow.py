@@ -131,3 +131,34 @@ def test_euler_keeps_given_frames_and_lands_the_rest_on_data():
   assert times[0].shape == (2, 3)
   with pytest.raises(ValueError, match="both"):
     samplers.euler(velocity, noise, steps=2, given=given)
+
+
+def test_frame_noise_has_unit_variance_and_the_asked_correlation_between_frames():
+  rng = jax.random.key(3)
+  plain = flow.frame_noise(rng, (2, 3, 4))
+  np.testing.assert_array_equal(plain, jax.random.normal(rng, (2, 3, 4)))  # c=0: i.i.d. noise
+  noise = np.asarray(flow.frame_noise(rng, (4000, 3, 8), correlation=0.6))
+  np.testing.assert_allclose(noise.var(), 1.0, atol=0.03)
+  corr = np.corrcoef(noise[:, 0].ravel(), noise[:, 2].ravel())[0, 1]
+  np.testing.assert_allclose(corr, 0.6, atol=0.03)
+  # Another frame axis: (frames, ...) noise for one sample, as the sampler draws it.
+  single = np.asarray(flow.frame_noise(rng, (3, 4000), correlation=0.6, frame_axis=0))
+  np.testing.assert_allclose(np.corrcoef(single[0], single[1])[0, 1], 0.6, atol=0.05)
+  with pytest.raises(ValueError, match=r"frame_noise_correlation=1.0 must be in \[0, 1\)"):
+    flow.frame_noise(rng, (2, 3), correlation=1.0)
+
+
+def test_loss_with_correlated_noise_still_has_an_exact_oracle():
+  x0 = jax.random.normal(jax.random.key(1), (4, 3, 8))
+  shown_noise = []
+
+  def oracle(x_t, t):  # recovers the noise from x_t, knowing x0
+    t = t[:, None, None]
+    noise = (x_t - (1 - t) * x0) / t
+    shown_noise.append(noise)
+    return noise - x0
+
+  loss, _ = flow.flow_matching_loss(oracle, x0, jax.random.key(2), frame_correlation=0.9)
+  assert float(loss) < 1e-8
+  noise = np.asarray(shown_noise[0])  # the training noise: its frames nearly agree
+  assert np.corrcoef(noise[:, 0].ravel(), noise[:, 1].ravel())[0, 1] > 0.7

@@ -325,9 +325,13 @@ def test_rope_scores_depend_only_on_relative_position():
 def test_dit_position_schemes_differ_and_bad_name_is_named(tiny_dit):
   x, t, ctx, mask = _dit_inputs((2, 4, 4))
   with_rope = tiny_dit.apply(tiny_dit.perturbed, x, t, ctx, mask)
-  sincos = jax.jit(dit.get_dit("tiny", positions="sincos").apply)
-  assert np.abs(sincos(tiny_dit.perturbed, x, t, ctx, mask) - with_rope).max() > 1e-4
-  with pytest.raises(ValueError, match="valid: rope, sincos"):
+  outputs = {"rope": with_rope}
+  for scheme in ("sincos", "rope+sincos"):  # same parameters: positions add none
+    outputs[scheme] = jax.jit(dit.get_dit("tiny", positions=scheme).apply)(
+        tiny_dit.perturbed, x, t, ctx, mask)
+  for a, b in (("rope", "sincos"), ("rope", "rope+sincos"), ("sincos", "rope+sincos")):
+    assert np.abs(outputs[a] - outputs[b]).max() > 1e-4, (a, b)
+  with pytest.raises(ValueError, match="valid: rope, sincos, rope\\+sincos"):
     dit.get_dit("tiny", positions="learned").apply(tiny_dit.params, x, t, ctx, mask)
 
 

@@ -10,33 +10,7 @@ from sorajax.data import pipeline
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 from sorajax.training import state as state_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VAE_CONFIG = os.path.join(ROOT, "configs/shapes/vae.py")
-DIT_CONFIG = os.path.join(ROOT, "configs/shapes/dit.py")
-
-
-def tiny_config(path: str, steps: int = 2, **overrides):
-  config = configuration.load_config_file(f"{path}:variant=tiny,frames=5,size=16,steps={steps},batch=8")
-  config.train.log_every = 1
-  config.train.warmup_steps = 1
-  config.train.checkpoint_every = 2
-  config.data.max_objects = 2
-  if "flow" in config:
-    config.flow.latent_stats_batches = 1
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    config[section][name] = value
-  return config
-
-
-@pytest.fixture(scope="module")
-def vae_workdir(tmp_path_factory):
-  from sorajax import train  # pylint: disable=import-outside-toplevel
-  workdir = str(tmp_path_factory.mktemp("vae"))
-  train.train_and_evaluate(tiny_config(VAE_CONFIG), workdir)
-  return workdir
-
+from tiny import DIT_CONFIG, VAE_CONFIG, tiny_config
 
 @pytest.fixture(scope="module")
 def dit_workdir(tmp_path_factory, vae_workdir):
@@ -47,6 +21,7 @@ def dit_workdir(tmp_path_factory, vae_workdir):
   config.sample.steps = 3
   config.flow.given_frames.prefix = 0.5  # so the run can also sample frame by frame
   config.sample.stage_frames = 1
+  config.flow.frame_noise_correlation = 0.5  # sampling draws the same correlated prior
   train.train_and_evaluate(config, workdir)
   return workdir
 
@@ -117,6 +92,13 @@ def test_sampling_is_deterministic_per_seed(dit_workdir):
     generator.generate([caption], [0])
   with pytest.raises(configuration.ConfigError, match="nearest valid"):
     generator.generate([caption], [0], frames=6)
+
+
+def test_bad_frame_noise_correlation_is_a_config_error(vae_workdir):
+  config = tiny_config(DIT_CONFIG, **{"flow.frame_noise_correlation": 1.0})
+  config.vae_workdir = vae_workdir
+  with pytest.raises(configuration.ConfigError, match=r"frame_noise_correlation=1.0 must be in \[0, 1\)"):
+    objectives.build_objective(config, mesh_lib.make_mesh({"data": 8}))
 
 
 def test_stage_prefixes():

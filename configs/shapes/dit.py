@@ -35,6 +35,9 @@ def get_config(arg=None):
   config.data.max_objects = 3
   config.data.worker_count = 0
   config.data.text_max_length = 24  # the longest 3-object caption is 22 tokens
+  # > 0: encode this many training clips once with the frozen VAE and train on those latents
+  # (data/latent_cache.py); 0: render and encode every batch.
+  config.data.latent_cache = 0
 
   config.dit = ml_collections.ConfigDict()
   config.dit.variant = arg.variant
@@ -56,6 +59,8 @@ def get_config(arg=None):
   # clean (sorajax/diffusion/frame_conditioning.py); the rest are generated from text alone.
   config.flow.given_frames = ml_collections.ConfigDict(dict(first=0.0, prefix=0.0, last=0.0,
                                                             ends=0.0))
+  # Correlation of the noise between latent frames (0: independent; see flow.frame_noise).
+  config.flow.frame_noise_correlation = 0.0
   config.flow.latent_stats_batches = 8  # batches used to measure the VAE latents' mean and std
 
   config.sample = ml_collections.ConfigDict()

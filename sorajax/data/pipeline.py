@@ -30,13 +30,14 @@ def make_source(data: ml_collections.ConfigDict, split: str, seed: int):
 
 
 class EncodeExample(grain.MapTransform):
-  """Keeps the arrays a train step needs: the uint8 video and, given a tokenizer, caption tokens."""
+  """Keeps the arrays a train step needs: the uint8 video (or pre-encoded latents) and, given a
+  tokenizer, caption tokens."""
 
   def __init__(self, tokenizer=None):
     self._tokenizer = tokenizer
 
   def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
-    out = {"video": example["video"]}
+    out = {name: example[name] for name in ("video", "latents") if name in example}
     if self._tokenizer is not None:
       out["tokens"], out["token_mask"] = self._tokenizer.encode(example["caption"])
     return out
@@ -55,10 +56,15 @@ def per_process_batch_size(global_batch_size: int, mesh) -> int:
 
 
 def make_loader(source, *, batch_size: int, seed: int, tokenizer=None, shuffle: bool = True,
-                num_epochs: int | None = None, worker_count: int = 0) -> grain.DataLoader:
-  """A grain DataLoader over this process's shard; `batch_size` is per process."""
+                num_epochs: int | None = None, worker_count: int = 0,
+                process_local: bool = False) -> grain.DataLoader:
+  """A grain DataLoader over this process's shard; `batch_size` is per process.
+
+  `process_local`: the source already holds only this process's examples (a latent cache).
+  """
+  shard = grain.NoSharding() if process_local else grain.ShardByJaxProcess(drop_remainder=True)
   sampler = grain.IndexSampler(
-      num_records=len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
+      num_records=len(source), shard_options=shard,
       shuffle=shuffle, num_epochs=num_epochs, seed=seed)
   operations = [EncodeExample(tokenizer), grain.Batch(batch_size, drop_remainder=True)]
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
@@ -85,10 +91,14 @@ class GlobalBatches:
             for name, value in local.items()}
 
 
-def train_batches(config: ml_collections.ConfigDict, mesh, tokenizer=None) -> GlobalBatches:
-  """The training stream the trainer consumes."""
-  source = make_source(config.data, "train", config.seed)
+def train_batches(config: ml_collections.ConfigDict, mesh, tokenizer=None,
+                  local_source=None) -> GlobalBatches:
+  """The training stream the trainer consumes: from `local_source` (this process's examples, e.g.
+  a latent cache) if given, else from the configured source sharded over processes."""
+  source = local_source if local_source is not None else make_source(config.data, "train",
+                                                                      config.seed)
   loader = make_loader(source, batch_size=per_process_batch_size(config.train.batch_size, mesh),
                        seed=config.seed, tokenizer=tokenizer,
-                       worker_count=config.data.worker_count)
+                       worker_count=config.data.worker_count,
+                       process_local=local_source is not None)
   return GlobalBatches(loader, mesh)

@@ -3,6 +3,10 @@
 x_t = (1 - t) * x0 + t * noise, and the model predicts v = dx_t/dt = noise - x0. Training times are
 logit-normal (SD3), which spends most steps in the middle of the path where the target is hardest.
 
+The noise may be correlated across frames (PYoCo's mixed prior, Ge et al. 2023): every frame's
+noise shares a common part, so the starting noise already agrees between frames the way video
+frames agree, and the model does not have to make each frame's layout agree from scratch.
+
 Frames may be *given*: they stay clean at t=0 while the rest of the clip is noised, the model sees
 per-frame times, and the loss counts only the frames it has to generate.
 """
@@ -16,6 +20,29 @@ def sample_timesteps(rng: jax.Array, batch: int, logit_mean: float = 0.0,
                      logit_std: float = 1.0) -> jax.Array:
   """t = sigmoid(n), n ~ Normal(logit_mean, logit_std): shape (batch,), strictly inside (0, 1)."""
   return jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, (batch,)))
+
+
+def check_frame_correlation(correlation: float) -> None:
+  if not 0.0 <= correlation < 1.0:
+    raise ValueError(f"flow.frame_noise_correlation={correlation} must be in [0, 1) "
+                     "(0: independent noise per frame)")
+
+
+def frame_noise(rng: jax.Array, shape: tuple[int, ...], correlation: float = 0.0,
+                frame_axis: int = 1, dtype=jnp.float32) -> jax.Array:
+  """Unit-variance Gaussian noise whose frames (along `frame_axis`) correlate by `correlation`.
+
+  noise = sqrt(1 - c) * independent + sqrt(c) * shared, the shared part drawn once per clip; c = 0
+  is plain i.i.d. noise (the same draw as `jax.random.normal(rng, shape)`).
+  """
+  check_frame_correlation(correlation)
+  if correlation == 0.0:
+    return jax.random.normal(rng, shape, dtype)
+  own_rng, shared_rng = jax.random.split(rng)
+  shared_shape = shape[:frame_axis] + (1,) + shape[frame_axis + 1:]
+  own = jax.random.normal(own_rng, shape, dtype)
+  shared = jax.random.normal(shared_rng, shared_shape, dtype)
+  return (1.0 - correlation) ** 0.5 * own + correlation ** 0.5 * shared
 
 
 def _broadcast_time(t: jax.Array, like: jax.Array) -> jax.Array:
@@ -39,16 +66,18 @@ def frame_times(t: jax.Array, given: jax.Array) -> jax.Array:
 
 def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_mean: float = 0.0,
                        logit_std: float = 1.0,
-                       given: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                       given: jax.Array | None = None,
+                       frame_correlation: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean squared velocity error; `predict_velocity(x_t, t)` closes over the conditioning.
 
   x0 is (B, T, ...). `given` (B, T) bool marks frames handed to the model clean; they are not
   part of the loss, and t is then passed per frame. Each example's error is averaged over the
   frames it generates, so conditioned and unconditioned examples weigh the same.
+  `frame_correlation` correlates the noise across frames (`frame_noise`).
   """
   time_rng, noise_rng = jax.random.split(rng)
   t = sample_timesteps(time_rng, x0.shape[0], logit_mean, logit_std)
-  noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+  noise = frame_noise(noise_rng, x0.shape, frame_correlation, dtype=x0.dtype)
   times = t if given is None else frame_times(t, given)  # a clip-level t keeps the model's cheap path
   prediction = predict_velocity(interpolate(x0, noise, times), times)
   error = jnp.square(prediction.astype(jnp.float32) - velocity_target(x0, noise))

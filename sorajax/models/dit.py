@@ -22,7 +22,7 @@ from sorajax.models import layers, rope
 from sorajax.models.factors import check_multiple
 
 Dtype = layers.Dtype
-POSITIONS = ("rope", "sincos")
+POSITIONS = ("rope", "sincos", "rope+sincos")
 _zeros = nn.initializers.zeros
 
 
@@ -136,7 +136,10 @@ class DiT(nn.Module):
   mlp_ratio: float = 4.0
   patch: tuple[int, int, int] = (1, 2, 2)
   attention: str = "xla"
-  positions: str = "rope"  # "rope": 3D rotary in self-attention; "sincos": added to the patch embeddings
+  # "rope": 3D rotary in self-attention (relative positions only); "sincos": a fixed table added to
+  # the patch embeddings (absolute positions); "rope+sincos": both, so attention sees offsets and
+  # every token also knows where it is (which frame, how far from the edges).
+  positions: str = "rope"
   # Also feed the mean of the text tokens into the adaLN conditioning, next to the time (as SD3 and
   # HunyuanVideo do with a pooled text vector): global attributes then modulate every block directly.
   pooled_text: bool = False
@@ -171,9 +174,9 @@ class DiT(nn.Module):
     if self.positions not in POSITIONS:
       raise ValueError(f"positions={self.positions!r} is unknown; valid: {', '.join(POSITIONS)}")
     rope_angles = None
-    if self.positions == "rope":
+    if "rope" in self.positions.split("+"):
       rope_angles = jnp.asarray(rope.rope_angles(grid, self.hidden // self.num_heads))
-    else:
+    if "sincos" in self.positions.split("+"):
       h = h + jnp.asarray(sincos_3d(grid, self.hidden), self.dtype)
     h = layers.constrain(h, layers.TOKENS)
     cond = layers.TimestepEmbedder(self.hidden, dtype=self.dtype, name="t_embed")(t)

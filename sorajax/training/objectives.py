@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from sorajax.configuration import ConfigError, load_saved_config, write_json_atomic
-from sorajax.data import pipeline, shapes
+from sorajax.data import latent_cache, pipeline, shapes
 from sorajax.models import dit as dit_lib
 from sorajax.models import factors
 from sorajax.models import text as text_lib
@@ -65,6 +65,7 @@ class VAEObjective:
 
   tokenizer = None
   frozen = {}
+  train_source = None  # the pipeline renders its own
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     del mesh
@@ -130,7 +131,7 @@ class DiTObjective:
       raise ConfigError(f"data.text_max_length={d.text_max_length} truncates captions of up to "
                         f"{d.max_objects} objects ({needed} tokens); set "
                         f"--config.data.text_max_length={needed} or more")
-    self.vae_config, vae_params, _ = restore_inference_params(config.vae_workdir, mesh)
+    self.vae_config, vae_params, self.vae_step = restore_inference_params(config.vae_workdir, mesh)
     self.vae = build_vae(self.vae_config)
     self.temporal_factor = self.vae_config.vae.temporal_factor
     self.spatial_factor = self.vae_config.vae.spatial_factor
@@ -140,6 +141,9 @@ class DiTObjective:
     self.given_frames = {m: float(p) for m, p in config.flow.get("given_frames", {}).items()}
     _checked(frame_conditioning.check_probabilities, self.given_frames,
              self.latent_shape(d.frames, d.height, d.width)[0])
+    # Runs saved before correlated noise have no flow.frame_noise_correlation: i.i.d. noise.
+    self.frame_noise_correlation = float(config.flow.get("frame_noise_correlation", 0.0))
+    _checked(flow.check_frame_correlation, self.frame_noise_correlation)
     self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(), d.text_max_length)
     self.null_tokens = self.tokenizer.encode("")
     self.denoiser = TextToVideo(
@@ -152,6 +156,7 @@ class DiTObjective:
                             pooled_text=config.dit.get("pooled_text", False),
                             dtype=_dtype(config)))
     self.frozen = {"vae": vae_params, "latent_mean": None, "latent_std": None}
+    self.train_source = None  # set by `prepare` when data.latent_cache > 0
 
   def check_shape(self, frames: int, height: int, width: int) -> None:
     """Pixels must fit the VAE's factors and the latent grid the DiT's patch."""
@@ -177,13 +182,34 @@ class DiTObjective:
       mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
     self.frozen["latent_mean"] = jnp.asarray(mean, jnp.float32)
     self.frozen["latent_std"] = jnp.asarray(std, jnp.float32)
+    self.train_source = None
+    if self.config.data.get("latent_cache", 0) > 0:
+      self.train_source = self._latent_cache(workdir)
+
+  def _latent_cache(self, workdir: str) -> latent_cache.LatentCache:
+    """This process's pre-encoded training clips (data/latent_cache.py), built on first use."""
+    d = self.config.data
+    encode = self._raw_encoder()
+    source = pipeline.make_source(d, "train", self.config.seed)
+    data = {k: v for k, v in d.to_dict().items() if k not in ("worker_count", "latent_cache")}
+    fingerprint = dict(data=data, seed=self.config.seed, vae_step=self.vae_step,
+                       vae_workdir=os.path.abspath(self.config.vae_workdir))
+    try:
+      return latent_cache.load_or_build(workdir, source, d.latent_cache,
+                                        lambda v: encode(self.frozen["vae"], v), fingerprint)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+
+  def _raw_encoder(self):
+    """Jitted (vae params, uint8 videos) -> the VAE posterior means, before normalisation."""
+    return jax.jit(lambda p, v: self.vae.apply({"params": p}, pixels_to_unit(v),
+                                               method=self.vae.encode)[0])
 
   def _measure_latent_stats(self) -> tuple[np.ndarray, np.ndarray]:
     d, seed = self.config.data, self.config.seed
     # A fixed slice of the training world, identical on every process.
     source = pipeline.make_source(d, "train", seed)
-    encode = jax.jit(lambda p, v: self.vae.apply({"params": p}, pixels_to_unit(v),
-                                                  method=self.vae.encode)[0])
+    encode = self._raw_encoder()
     batch = 16
     latents = []
     for b in range(self.config.flow.latent_stats_batches):
@@ -195,7 +221,10 @@ class DiTObjective:
   def encode(self, frozen, video_uint8: jax.Array) -> jax.Array:
     mean, _ = self.vae.apply({"params": frozen["vae"]}, pixels_to_unit(video_uint8),
                              method=self.vae.encode)
-    return (mean - frozen["latent_mean"]) / frozen["latent_std"]
+    return self.normalize(frozen, mean)
+
+  def normalize(self, frozen, vae_latents: jax.Array) -> jax.Array:
+    return (vae_latents - frozen["latent_mean"]) / frozen["latent_std"]
 
   def decode(self, frozen, latents: jax.Array) -> jax.Array:
     z = latents * frozen["latent_std"] + frozen["latent_mean"]
@@ -212,7 +241,10 @@ class DiTObjective:
 
   def loss(self, params, frozen, batch, rng):
     drop_rng, flow_rng, given_rng = jax.random.split(rng, 3)
-    x0 = jax.lax.stop_gradient(self.encode(frozen, batch["video"]))
+    if "latents" in batch:  # from the latent cache
+      x0 = self.normalize(frozen, batch["latents"])
+    else:
+      x0 = jax.lax.stop_gradient(self.encode(frozen, batch["video"]))
     given = None
     if any(p > 0 for p in self.given_frames.values()):
       given = frame_conditioning.sample_given(given_rng, x0.shape[0], x0.shape[1], self.given_frames)
@@ -222,7 +254,8 @@ class DiTObjective:
     mask = jnp.where(drop, jnp.asarray(self.null_tokens[1])[None], mask)
     loss, metrics = flow.flow_matching_loss(
         lambda x_t, t: self.velocity(params, x_t, t, tokens, mask), x0, flow_rng,
-        self.config.flow.logit_mean, self.config.flow.logit_std, given)
+        self.config.flow.logit_mean, self.config.flow.logit_std, given,
+        self.frame_noise_correlation)
     return loss, metrics
 
 
