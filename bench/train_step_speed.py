@@ -1,11 +1,11 @@
 r"""Train-step throughput of the demo's VAE and DiT configs on this machine's devices.
 
-  python bench/train_step_speed.py --vae_workdir runs/demo/vae [--steps 20] [--latent_cache 2048]
+  python bench/train_step_speed.py --vae_workdir runs/demo/vae [--steps 20] [--latent_cache 0]
 
 Times `--steps` jitted steps after one warm-up (compile) step, for each objective, and prints
 steps/s and examples/s. The DiT needs a trained (or briefly trained) VAE workdir for its encoder.
-With --latent_cache N the DiT trains from N pre-encoded clips (its one-off encoding is timed
-separately), as `data.latent_cache` does.
+The DiT trains from the config's latent cache (`data.latent_cache` pre-encoded clips; its one-off
+encoding is timed separately); --latent_cache N overrides it, 0 encodes every batch.
 """
 import argparse
 import os
@@ -55,13 +55,14 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--vae_workdir", required=True)
   parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--latent_cache", type=int, default=0, help="DiT: pre-encoded clips (0: none)")
+  parser.add_argument("--latent_cache", type=int, default=None,
+                      help="DiT: pre-encoded clips (0: none; default: the config's)")
   args = parser.parse_args()
   print(f"devices: {jax.devices()}")
   for name in ("vae", "dit"):
     config = configuration.load_config_file(os.path.join(ROOT, f"configs/shapes/{name}.py"))
     config.vae_workdir = args.vae_workdir if name == "dit" else ""
-    if name == "dit":
+    if name == "dit" and args.latent_cache is not None:
       config.data.latent_cache = args.latent_cache
     with tempfile.TemporaryDirectory() as workdir:
       seconds = time_steps(config, args.steps, workdir)

@@ -55,7 +55,8 @@ def test_bad_size_names_nearest_valid(tmp_path):
 
 def test_text_length_that_truncates_captions(tmp_path):
   result = run("sorajax.train", "--config", "configs/shapes/dit.py:variant=tiny",
-               "--workdir", str(tmp_path), "--config.data.text_max_length=16",
+               "--workdir", str(tmp_path), "--config.data.max_objects=3",
+               "--config.data.text_max_length=16",
                f"--config.vae_workdir={tmp_path / 'no_vae'}")
   assert_one_line_error(result, "data.text_max_length=16", "text_max_length=22")
 

@@ -15,6 +15,8 @@ def tiny_config(path: str, steps: int = 2, **overrides):
   config.train.warmup_steps = 1
   config.train.checkpoint_every = 2
   config.data.max_objects = 2
+  if "latent_cache" in config.data:
+    config.data.latent_cache = 0  # tests that want one ask for it
   if "flow" in config:
     config.flow.latent_stats_batches = 1
   for key, value in overrides.items():
