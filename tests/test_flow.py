@@ -162,3 +162,21 @@ def test_loss_with_correlated_noise_still_has_an_exact_oracle():
   assert float(loss) < 1e-8
   noise = np.asarray(shown_noise[0])  # the training noise: its frames nearly agree
   assert np.corrcoef(noise[:, 0].ravel(), noise[:, 1].ravel())[0, 1] > 0.7
+
+
+def test_contrastive_term_subtracts_the_error_against_another_examples_flow():
+  x0 = jax.random.normal(jax.random.key(1), (4, 3, 8))
+  targets = []
+
+  def oracle(x_t, t):
+    t = t[:, None, None]
+    target = (x_t - (1 - t) * x0) / t - x0
+    targets.append(target)
+    return target
+
+  loss, _ = flow.flow_matching_loss(oracle, x0, jax.random.key(2), contrast_weight=0.05)
+  target = np.asarray(targets[0])
+  other = np.roll(target, 1, axis=0)  # example i is pushed away from example i-1's flow
+  np.testing.assert_allclose(float(loss), -0.05 * np.square(target - other).mean(), rtol=1e-5)
+  plain, _ = flow.flow_matching_loss(oracle, x0, jax.random.key(2))
+  assert float(plain) < 1e-8 < -float(loss)

@@ -424,3 +424,23 @@ def test_dit_sharded_matches_unsharded(tiny_dit):
     sharded = jax.device_put(params, shardings)
     out = jax.jit(tiny_dit.model.apply)(sharded, x, t, ctx, mask)
   np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_joint_text_attention_honours_the_mask_and_per_frame_times():
+  model = dit.get_dit("tiny", text_attention="joint")
+  x, t, ctx, mask = _dit_inputs((3, 4, 4))
+  params = _perturb(jax.jit(model.init)(KEY, x, t, ctx, mask))
+  apply = jax.jit(model.apply)
+  base = apply(params, x, t, ctx, mask)
+  assert base.shape == x.shape and "cross_attn" not in params["params"]["block_0"]
+  padded_changed = ctx.copy()
+  padded_changed[0, 4] += 5.0  # example 0 has 3 real tokens: pads are never keys
+  np.testing.assert_allclose(apply(params, x, t, padded_changed, mask), base, atol=1e-6)
+  real_changed = ctx.copy()
+  real_changed[0, 1] += 5.0
+  assert np.abs(apply(params, x, t, real_changed, mask)[0] - base[0]).max() > 1e-4
+  # One time per frame, all equal, is the clip-level time (text tokens take the frames' mean).
+  per_frame = np.repeat(t[:, None], 3, axis=1)
+  np.testing.assert_allclose(apply(params, x, per_frame, ctx, mask), base, atol=1e-5)
+  with pytest.raises(ValueError, match="valid: cross, joint"):
+    dit.get_dit("tiny", text_attention="mixed").apply(params, x, t, ctx, mask)

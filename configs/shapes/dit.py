@@ -47,6 +47,7 @@ def get_config(arg=None):
   config.dit.attention = "xla"
   config.dit.positions = "rope"  # 3D rotary (or "sincos", added to the patch embeddings)
   config.dit.pooled_text = False  # True: the mean text embedding joins the time in every adaLN
+  config.dit.text_attention = "cross"  # "joint": text tokens join the self-attention (MMDiT-like)
 
   config.text = ml_collections.ConfigDict()
   config.text.hidden = 128
@@ -64,6 +65,8 @@ def get_config(arg=None):
   # Correlation of the noise between latent frames (0: independent; see flow.frame_noise). 0.5
   # doubled the demo's motion accuracy at 600 steps (bench/RESULTS.md, third round).
   config.flow.frame_noise_correlation = 0.5
+  # > 0: contrastive flow matching, minus this share of the error against another example's flow.
+  config.flow.contrast_weight = 0.0
   config.flow.latent_stats_batches = 8  # batches used to measure the VAE latents' mean and std
 
   config.sample = ml_collections.ConfigDict()

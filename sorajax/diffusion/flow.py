@@ -67,20 +67,27 @@ def frame_times(t: jax.Array, given: jax.Array) -> jax.Array:
 def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_mean: float = 0.0,
                        logit_std: float = 1.0,
                        given: jax.Array | None = None,
-                       frame_correlation: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                       frame_correlation: float = 0.0,
+                       contrast_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean squared velocity error; `predict_velocity(x_t, t)` closes over the conditioning.
 
   x0 is (B, T, ...). `given` (B, T) bool marks frames handed to the model clean; they are not
   part of the loss, and t is then passed per frame. Each example's error is averaged over the
   frames it generates, so conditioned and unconditioned examples weigh the same.
-  `frame_correlation` correlates the noise across frames (`frame_noise`).
+  `frame_correlation` correlates the noise across frames (`frame_noise`). `contrast_weight` > 0
+  subtracts that much of the error against the next example's target (contrastive flow matching,
+  Stoica et al. 2025), pushing each prediction away from other captions' flows.
   """
   time_rng, noise_rng = jax.random.split(rng)
   t = sample_timesteps(time_rng, x0.shape[0], logit_mean, logit_std)
   noise = frame_noise(noise_rng, x0.shape, frame_correlation, dtype=x0.dtype)
   times = t if given is None else frame_times(t, given)  # a clip-level t keeps the model's cheap path
   prediction = predict_velocity(interpolate(x0, noise, times), times)
-  error = jnp.square(prediction.astype(jnp.float32) - velocity_target(x0, noise))
+  target = velocity_target(x0, noise)
+  error = jnp.square(prediction.astype(jnp.float32) - target)
+  if contrast_weight:
+    other = jnp.roll(target, 1, axis=0)  # another example's flow (another caption, place, noise)
+    error = error - contrast_weight * jnp.square(prediction.astype(jnp.float32) - other)
   if given is None:
     given = jnp.zeros(x0.shape[:2], bool)
   generated = _broadcast_time(~given, error).astype(jnp.float32)

@@ -23,6 +23,7 @@ from sorajax.models.factors import check_multiple
 
 Dtype = layers.Dtype
 POSITIONS = ("rope", "sincos", "rope+sincos")
+TEXT_ATTENTION = ("cross", "joint")
 _zeros = nn.initializers.zeros
 
 
@@ -82,12 +83,18 @@ def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 class DiTBlock(nn.Module):
-  """adaLN-Zero block: modulated self-attention, cross-attention to text, modulated MLP."""
+  """adaLN-Zero block: modulated self-attention, cross-attention to text, modulated MLP.
+
+  With `joint_text`, there is no cross-attention: the text tokens join the self-attention sequence
+  and the MLP (one stream, as in SD3's MMDiT and Flux's single-stream blocks), so every attention
+  layer can weigh words against video tokens; the block then returns (video, text).
+  """
 
   hidden: int
   num_heads: int
   mlp_ratio: float = 4.0
   attention: str = "xla"
+  joint_text: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -98,7 +105,22 @@ class DiTBlock(nn.Module):
     mod = layers.Dense(
       6 * self.hidden, ("embed", "mlp"), kernel_init=_zeros, dtype=self.dtype, name="modulation"
     )(nn.silu(cond))
-    mod = _per_frame(mod, x.shape[1])
+    num_video = x.shape[1]
+    key_mask = None
+    if self.joint_text:
+      # Text tokens take the clip's mean modulation, sit at rotation angle 0, and pads are no keys.
+      b, length = context.shape[:2]
+      mod = jnp.concatenate([
+          jnp.broadcast_to(_per_frame(mod, num_video), (b, num_video, mod.shape[-1])),
+          jnp.broadcast_to(mod.mean(1, keepdims=True), (b, length, mod.shape[-1]))], axis=1)
+      x = jnp.concatenate([x, context], axis=1)
+      if rope_angles is not None:
+        rope_angles = jnp.concatenate(
+            [rope_angles, jnp.zeros((length, rope_angles.shape[-1]), rope_angles.dtype)])
+      key_mask = jnp.concatenate([jnp.ones((b, num_video), bool), context_mask], axis=1)
+      key_mask = key_mask[:, None, None, :]
+    else:
+      mod = _per_frame(mod, num_video)
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
     plain_norm = lambda name: layers.LayerNorm(  # adaLN supplies the affine part
       use_scale=False, use_bias=False, dtype=self.dtype, name=name
@@ -107,23 +129,25 @@ class DiTBlock(nn.Module):
     h = _modulate(plain_norm("norm1")(x), shift1, scale1)
     h = layers.Attention(
       self.num_heads, implementation=self.attention, dtype=self.dtype, name="self_attn"
-    )(h, rope_angles=rope_angles)
+    )(h, mask=key_mask, rope_angles=rope_angles)
     x = layers.constrain(x + gate1 * h, layers.TOKENS)
 
-    # Cross-attention is not timestep-modulated (as in PixArt); its zero-init output keeps identity.
-    h = layers.LayerNorm(dtype=self.dtype, name="norm_cross")(x)
-    h = layers.Attention(
-      self.num_heads,
-      zero_out=True,
-      implementation=self.attention,
-      dtype=self.dtype,
-      name="cross_attn",
-    )(h, context, context_mask[:, None, None, :])
-    x = layers.constrain(x + h, layers.TOKENS)
+    if not self.joint_text:
+      # Cross-attention is not timestep-modulated (as in PixArt); its zero-init output keeps identity.
+      h = layers.LayerNorm(dtype=self.dtype, name="norm_cross")(x)
+      h = layers.Attention(
+        self.num_heads,
+        zero_out=True,
+        implementation=self.attention,
+        dtype=self.dtype,
+        name="cross_attn",
+      )(h, context, context_mask[:, None, None, :])
+      x = layers.constrain(x + h, layers.TOKENS)
 
     h = _modulate(plain_norm("norm2")(x), shift2, scale2)
     h = layers.MLP(int(self.hidden * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
-    return layers.constrain(x + gate2 * h, layers.TOKENS)
+    x = layers.constrain(x + gate2 * h, layers.TOKENS)
+    return (x[:, :num_video], x[:, num_video:]) if self.joint_text else x
 
 
 class DiT(nn.Module):
@@ -143,6 +167,9 @@ class DiT(nn.Module):
   # Also feed the mean of the text tokens into the adaLN conditioning, next to the time (as SD3 and
   # HunyuanVideo do with a pooled text vector): global attributes then modulate every block directly.
   pooled_text: bool = False
+  # "cross": video tokens cross-attend to the text in every block; "joint": text tokens join the
+  # self-attention sequence instead (see DiTBlock).
+  text_attention: str = "cross"
   dtype: Dtype = jnp.float32
 
   def _grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -189,10 +216,20 @@ class DiT(nn.Module):
       pooled = layers.Dense(self.hidden, ("mlp", "embed"), dtype=self.dtype,
                             name="text_pool_fc2")(nn.silu(pooled))
       cond = cond + pooled[:, None, :]
+    if self.text_attention not in TEXT_ATTENTION:
+      raise ValueError(f"text_attention={self.text_attention!r} is unknown; valid: "
+                       f"{', '.join(TEXT_ATTENTION)}")
+    joint = self.text_attention == "joint"
+    text = None
+    if joint:  # the text stream, in the DiT's width
+      text = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype, name="text_embed")(context)
     for i in range(self.depth):
-      h = DiTBlock(
-        self.hidden, self.num_heads, self.mlp_ratio, self.attention, self.dtype, name=f"block_{i}"
-      )(h, cond, context, context_mask, rope_angles)
+      block = DiTBlock(self.hidden, self.num_heads, self.mlp_ratio, self.attention, joint,
+                       self.dtype, name=f"block_{i}")
+      if joint:
+        h, text = block(h, cond, text, context_mask, rope_angles)
+      else:
+        h = block(h, cond, context, context_mask, rope_angles)
     # Final adaLN layer and zero-initialised projection back to patches.
     mod = layers.Dense(
       2 * self.hidden,

@@ -154,6 +154,7 @@ class DiTObjective:
                             out_channels=self.latent_channels, attention=config.dit.attention,
                             positions=config.dit.get("positions", "sincos"),  # runs saved before rope
                             pooled_text=config.dit.get("pooled_text", False),
+                            text_attention=config.dit.get("text_attention", "cross"),
                             dtype=_dtype(config)))
     self.frozen = {"vae": vae_params, "latent_mean": None, "latent_std": None}
     self.train_source = None  # set by `prepare` when data.latent_cache > 0
@@ -255,7 +256,7 @@ class DiTObjective:
     loss, metrics = flow.flow_matching_loss(
         lambda x_t, t: self.velocity(params, x_t, t, tokens, mask), x0, flow_rng,
         self.config.flow.logit_mean, self.config.flow.logit_std, given,
-        self.frame_noise_correlation)
+        self.frame_noise_correlation, self.config.flow.get("contrast_weight", 0.0))
     return loss, metrics
 
 
