@@ -183,7 +183,6 @@ class DiTObjective:
       mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
     self.frozen["latent_mean"] = jnp.asarray(mean, jnp.float32)
     self.frozen["latent_std"] = jnp.asarray(std, jnp.float32)
-    self.train_source = None
     if self.config.data.get("latent_cache", 0) > 0:
       self.train_source = self._latent_cache(workdir)
 
