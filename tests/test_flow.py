@@ -180,3 +180,30 @@ def test_contrastive_term_subtracts_the_error_against_another_examples_flow():
   np.testing.assert_allclose(float(loss), -0.05 * np.square(target - other).mean(), rtol=1e-5)
   plain, _ = flow.flow_matching_loss(oracle, x0, jax.random.key(2))
   assert float(plain) < 1e-8 < -float(loss)
+
+
+def test_motion_term_adds_the_error_of_the_frame_to_frame_change():
+  x0 = jax.random.normal(jax.random.key(1), (4, 3, 8))
+  bias = jnp.array([0.0, 1.0, -1.0])[None, :, None]  # a per-frame error: changes between frames
+  seen = []
+
+  def biased_oracle(x_t, t):
+    t = t.reshape(t.shape + (1,) * (3 - t.ndim))  # (B,) or per frame (B, T)
+    t = jnp.where(t > 0, t, 1.0)  # given frames (t=0) are outside the loss; keep them finite
+    target = (x_t - (1 - t) * x0) / t - x0
+    seen.append(target)
+    return target + bias
+
+  loss, metrics = flow.flow_matching_loss(biased_oracle, x0, jax.random.key(2), motion_weight=0.5)
+  # Plain error: mean of 0, 1, 1 = 2/3; changes 1 and -2 square to 1 and 4, mean 2.5.
+  np.testing.assert_allclose(float(loss), 2 / 3 + 0.5 * 2.5, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["motion_error"]), 2.5, rtol=1e-5)
+  # A constant error does not change between frames, so the motion term adds nothing.
+  constant, _ = flow.flow_matching_loss(lambda x_t, t: biased_oracle(x_t, t) - bias + 1.0, x0,
+                                        jax.random.key(2), motion_weight=0.5)
+  np.testing.assert_allclose(float(constant), 1.0, rtol=1e-5)
+  # With frame 0 given, only the change from frame 1 to 2 is scored.
+  given = jnp.zeros((4, 3), bool).at[:, 0].set(True)
+  loss, _ = flow.flow_matching_loss(biased_oracle, x0, jax.random.key(2), given=given,
+                                    motion_weight=0.5)
+  np.testing.assert_allclose(float(loss), 1.0 + 0.5 * 4.0, rtol=1e-5)

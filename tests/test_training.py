@@ -94,10 +94,14 @@ def test_sampling_is_deterministic_per_seed(dit_workdir):
     generator.generate([caption], [0], frames=6)
 
 
-def test_bad_frame_noise_correlation_is_a_config_error(vae_workdir):
-  config = tiny_config(DIT_CONFIG, **{"flow.frame_noise_correlation": 1.0})
+@pytest.mark.parametrize("key,value,message", [
+    ("flow.frame_noise_correlation", 1.0, r"frame_noise_correlation=1.0 must be in \[0, 1\)"),
+    ("flow.motion_weight", -1.0, r"motion_weight=-1.0 must be >= 0"),
+])
+def test_bad_flow_setting_is_a_config_error(vae_workdir, key, value, message):
+  config = tiny_config(DIT_CONFIG, **{key: value})
   config.vae_workdir = vae_workdir
-  with pytest.raises(configuration.ConfigError, match=r"frame_noise_correlation=1.0 must be in \[0, 1\)"):
+  with pytest.raises(configuration.ConfigError, match=message):
     objectives.build_objective(config, mesh_lib.make_mesh({"data": 8}))
 
 

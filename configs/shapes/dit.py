@@ -16,7 +16,7 @@ from sorajax.parallel import mesh
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, variant="demo", frames=9, size=32, steps=1000, batch=32)
+  arg = parse_arg(arg, variant="demo", frames=9, size=32, steps=1500, batch=32)
   config = ml_collections.ConfigDict()
   config.objective = "dit"
   config.seed = 0
@@ -67,6 +67,10 @@ def get_config(arg=None):
   config.flow.frame_noise_correlation = 0.5
   # > 0: contrastive flow matching, minus this share of the error against another example's flow.
   config.flow.contrast_weight = 0.0
+  # > 0: add this much of the error's frame-to-frame change to the loss (flow_matching_loss). 2.0
+  # makes the demo read its direction words by 1000 steps; 0 leaves them unread until ~2000, and
+  # 8.0 costs color (bench/RESULTS.md, fourth round).
+  config.flow.motion_weight = 2.0
   config.flow.latent_stats_batches = 8  # batches used to measure the VAE latents' mean and std
 
   config.sample = ml_collections.ConfigDict()

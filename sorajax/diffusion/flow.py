@@ -7,6 +7,10 @@ The noise may be correlated across frames (PYoCo's mixed prior, Ge et al. 2023):
 noise shares a common part, so the starting noise already agrees between frames the way video
 frames agree, and the model does not have to make each frame's layout agree from scratch.
 
+The loss may also score the frame-to-frame change of the error (`motion_weight`): the plain
+per-value error is dominated by appearance, which a model gets from the color and shape words
+early, while the direction words only pay off in how the frames differ.
+
 Frames may be *given*: they stay clean at t=0 while the rest of the clip is noised, the model sees
 per-frame times, and the loss counts only the frames it has to generate.
 """
@@ -26,6 +30,12 @@ def check_frame_correlation(correlation: float) -> None:
   if not 0.0 <= correlation < 1.0:
     raise ValueError(f"flow.frame_noise_correlation={correlation} must be in [0, 1) "
                      "(0: independent noise per frame)")
+
+
+def check_motion_weight(weight: float) -> None:
+  if weight < 0:
+    raise ValueError(f"flow.motion_weight={weight} must be >= 0 (0: off); a negative weight "
+                     "rewards errors that change between frames")
 
 
 def frame_noise(rng: jax.Array, shape: tuple[int, ...], correlation: float = 0.0,
@@ -68,7 +78,8 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
                        logit_std: float = 1.0,
                        given: jax.Array | None = None,
                        frame_correlation: float = 0.0,
-                       contrast_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                       contrast_weight: float = 0.0,
+                       motion_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean squared velocity error; `predict_velocity(x_t, t)` closes over the conditioning.
 
   x0 is (B, T, ...). `given` (B, T) bool marks frames handed to the model clean; they are not
@@ -77,6 +88,10 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   `frame_correlation` correlates the noise across frames (`frame_noise`). `contrast_weight` > 0
   subtracts that much of the error against the next example's target (contrastive flow matching,
   Stoica et al. 2025), pushing each prediction away from other captions' flows.
+  `motion_weight` > 0 adds that much of the squared error of the frame-to-frame change (the error's
+  difference between consecutive generated frames): a positive quadratic form in the error, so the
+  best predictor stays the same, but motion, which a per-value error weighs little next to
+  appearance, gets a larger share of the gradient.
   """
   time_rng, noise_rng = jax.random.split(rng)
   t = sample_timesteps(time_rng, x0.shape[0], logit_mean, logit_std)
@@ -84,7 +99,8 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   times = t if given is None else frame_times(t, given)  # a clip-level t keeps the model's cheap path
   prediction = predict_velocity(interpolate(x0, noise, times), times)
   target = velocity_target(x0, noise)
-  error = jnp.square(prediction.astype(jnp.float32) - target)
+  miss = prediction.astype(jnp.float32) - target
+  error = jnp.square(miss)
   if contrast_weight:
     other = jnp.roll(target, 1, axis=0)  # another example's flow (another caption, place, noise)
     error = error - contrast_weight * jnp.square(prediction.astype(jnp.float32) - other)
@@ -94,4 +110,11 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   axes = tuple(range(1, error.ndim))
   per_example = (error * generated).sum(axes) / jnp.maximum(
       generated.sum(axes) * error[0, 0].size, 1.0)
-  return per_example.mean(), {"t_mean": t.mean(), "given_frames": given.mean()}
+  metrics = {"t_mean": t.mean(), "given_frames": given.mean()}
+  if motion_weight and x0.shape[1] > 1:
+    both = _broadcast_time(~given[:, 1:] & ~given[:, :-1], error[:, 1:]).astype(jnp.float32)
+    change = jnp.square(miss[:, 1:] - miss[:, :-1]) * both
+    motion_error = change.sum(axes) / jnp.maximum(both.sum(axes) * error[0, 0].size, 1.0)
+    per_example = per_example + motion_weight * motion_error
+    metrics["motion_error"] = motion_error.mean()  # unweighted, to compare runs across weights
+  return per_example.mean(), metrics

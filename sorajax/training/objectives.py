@@ -144,6 +144,8 @@ class DiTObjective:
     # Runs saved before correlated noise have no flow.frame_noise_correlation: i.i.d. noise.
     self.frame_noise_correlation = float(config.flow.get("frame_noise_correlation", 0.0))
     _checked(flow.check_frame_correlation, self.frame_noise_correlation)
+    self.motion_weight = float(config.flow.get("motion_weight", 0.0))  # 0 in runs saved before it
+    _checked(flow.check_motion_weight, self.motion_weight)
     self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(), d.text_max_length)
     self.null_tokens = self.tokenizer.encode("")
     self.denoiser = TextToVideo(
@@ -255,7 +257,8 @@ class DiTObjective:
     loss, metrics = flow.flow_matching_loss(
         lambda x_t, t: self.velocity(params, x_t, t, tokens, mask), x0, flow_rng,
         self.config.flow.logit_mean, self.config.flow.logit_std, given,
-        self.frame_noise_correlation, self.config.flow.get("contrast_weight", 0.0))
+        self.frame_noise_correlation, self.config.flow.get("contrast_weight", 0.0),
+        self.motion_weight)
     return loss, metrics
 
 
