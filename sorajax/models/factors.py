@@ -44,6 +44,15 @@ def check_frames(frames: int, temporal_factor: int, temporal_patch: int = 1) -> 
   raise ValueError(f"frames={frames} is not {rule}; nearest valid: {near}")
 
 
+def check_continuation(frames: int, temporal_factor: int) -> None:
+  """A chunk that continues a clip (chunked coding) holds f*k frames, k >= 1."""
+  if frames >= temporal_factor and frames % temporal_factor == 0:
+    return
+  near = _describe(nearest_valid(frames, temporal_factor, minimum=temporal_factor))
+  raise ValueError(f"continuing chunk of {frames} frames is not {temporal_factor}*k; "
+                   f"nearest valid: {near}")
+
+
 def check_video_shape(
   frames: int, height: int, width: int, temporal_factor: int, spatial_factor: int,
   temporal_patch: int = 1,

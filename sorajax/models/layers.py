@@ -108,6 +108,10 @@ class CausalConv3D(nn.Module):
   input frames <= t. Zero (not replicate) padding lives inside the convolution op, so no pad op and
   no pad gradient is materialised, and it tells the network where a clip starts. A kernel_t of 1
   runs as a batched 2D conv.
+
+  Chunked coding: when the "cache" collection is mutable, the last kernel_t - 1 input frames are
+  kept there and stand in for the padding of the next call. The cache starts at zeros, which is the
+  padding itself, so a clip fed chunk by chunk gives exactly the output of one pass over it.
   """
 
   features: int
@@ -132,6 +136,13 @@ class CausalConv3D(nn.Module):
     )
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     space_pad = [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]
+    time_pad = (kt - 1, 0)
+    if kt > 1 and self.is_mutable_collection("cache") and not self.is_initializing():
+      previous = self.variable("cache", "previous_frames", jnp.zeros,
+                               (x.shape[0], kt - 1) + x.shape[2:], x.dtype)
+      x = jnp.concatenate([previous.value, x], axis=1)
+      previous.value = x[:, -(kt - 1):]
+      time_pad = (0, 0)
     if kt == 1:
       b, t = x.shape[:2]
       flat = x.reshape((b * t,) + x.shape[2:])
@@ -144,7 +155,7 @@ class CausalConv3D(nn.Module):
         x,
         kernel,
         (1, 1, 1),
-        [(kt - 1, 0)] + space_pad,
+        [time_pad] + space_pad,
         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
       )
     return y + bias.astype(self.dtype)

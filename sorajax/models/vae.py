@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from sorajax.models import layers
-from sorajax.models.factors import check_video_shape, log2_exact
+from sorajax.models.factors import check_continuation, check_video_shape, log2_exact
 
 __all__ = ["VARIANTS", "CausalVideoVAE", "check_video_shape", "get_vae", "kl_divergence"]
 
@@ -129,12 +129,14 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, video: jax.Array, first_chunk: bool = True) -> tuple[jax.Array, jax.Array]:
     f = self.temporal_factor
     stem, plan = fold_plan(len(self.channels), f, self.spatial_factor)
-    # f-1 copies of frame 0 in front make T' = f*(k+1), so frame 0 fills one latent frame on its
-    # own.
-    x = jnp.concatenate([jnp.repeat(video[:, :1], f - 1, axis=1), video], axis=1).astype(self.dtype)
+    x = video.astype(self.dtype)
+    if first_chunk:
+      # f-1 copies of frame 0 in front make T' = f*(k+1), so frame 0 fills one latent frame on its
+      # own. Later chunks of a chunked pass continue the clip and hold f*k frames already.
+      x = jnp.concatenate([jnp.repeat(x[:, :1], f - 1, axis=1), x], axis=1)
     x = space_to_depth(x, *stem)
     conv = lambda width, name: layers.CausalConv3D(width, FOLD_KERNEL, dtype=self.dtype, name=name)
     x = conv(self.channels[0], "conv_in")(x)
@@ -168,7 +170,7 @@ class Decoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
+  def __call__(self, z: jax.Array, first_chunk: bool = True) -> jax.Array:
     stem, plan = fold_plan(len(self.channels), self.temporal_factor, self.spatial_factor)
 
     def unfold(x, width, fold, name):
@@ -190,7 +192,7 @@ class Decoder(nn.Module):
     )(x)
     x = depth_to_space(x, *stem)
     # The first f-1 frames mirror the encoder's front padding; frame f-1 is the real frame 0.
-    return x[:, self.temporal_factor - 1 :]
+    return x[:, self.temporal_factor - 1 :] if first_chunk else x
 
 
 class CausalVideoVAE(nn.Module):
@@ -216,23 +218,34 @@ class CausalVideoVAE(nn.Module):
     self.encoder = Encoder(latent_channels=self.latent_channels, **shared)
     self.decoder = Decoder(**shared)
 
-  def encode(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(B, 1+f*k, H, W, 3) -> (mean, logvar), each (B, 1+k, H/s, W/s, latent_channels), float32."""
+  def encode(self, video: jax.Array, first_chunk: bool = True) -> tuple[jax.Array, jax.Array]:
+    """(B, 1+f*k, H, W, 3) -> (mean, logvar), each (B, 1+k, H/s, W/s, latent_channels), float32.
+
+    With first_chunk=False the video continues an earlier call (chunked coding, see
+    `vae_chunked`): it holds f*k frames and gives k latent frames.
+    """
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f"video shape={video.shape} is not (B, T, H, W, 3)")
     _, t, h, w, _ = video.shape
-    check_video_shape(t, h, w, self.temporal_factor, self.spatial_factor)
-    mean, logvar = self.encoder(video)
+    if first_chunk:
+      check_video_shape(t, h, w, self.temporal_factor, self.spatial_factor)
+    else:
+      check_continuation(t, self.temporal_factor)
+      check_video_shape(1, h, w, self.temporal_factor, self.spatial_factor)
+    mean, logvar = self.encoder(video, first_chunk)
     # The usual clip keeps exp(logvar) finite early in training.
     return mean, jnp.clip(logvar, -30.0, 20.0)
 
-  def decode(self, z: jax.Array) -> jax.Array:
-    """(B, 1+k, h, w, latent_channels) -> video (B, 1+f*k, h*s, w*s, 3), float32."""
+  def decode(self, z: jax.Array, first_chunk: bool = True) -> jax.Array:
+    """(B, 1+k, h, w, latent_channels) -> video (B, 1+f*k, h*s, w*s, 3), float32.
+
+    With first_chunk=False, k latent frames that continue an earlier call give f*k video frames.
+    """
     if z.ndim != 5 or z.shape[-1] != self.latent_channels:
       raise ValueError(f"latent shape={z.shape} is not (B, T, h, w, {self.latent_channels})")
     if z.shape[1] < 1:
       raise ValueError(f"latent frames={z.shape[1]} is not 1 + k; nearest valid: 1")
-    return self.decoder(z).astype(jnp.float32)
+    return self.decoder(z, first_chunk).astype(jnp.float32)
 
   def __call__(self, video: jax.Array, sample_rng: jax.Array | None = None) -> dict[str, jax.Array]:
     """Encode, sample z (the mean when `sample_rng` is None) and decode."""
