@@ -110,3 +110,15 @@ def test_stage_prefixes():
   assert stage_prefixes(3, 1) == [1, 2]  # frame 0, then 1 given 0, then 2 given 0-1
   assert stage_prefixes(5, 2) == [2, 4]
   assert stage_prefixes(3, 0) == [] and stage_prefixes(1, 1) == []  # one pass; an image
+
+
+def test_resuming_with_another_model_shape_names_the_parameter(vae_workdir, tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from sorajax import train  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "vae")
+  shutil.copytree(vae_workdir, workdir)
+  config = tiny_config(VAE_CONFIG, steps=4, **{"vae.latent_channels": 8})
+  with pytest.raises(configuration.ConfigError,
+                     match=r"params/decoder/conv_in/kernel has shape \(.*, 4, \d+\) in the "
+                           r"checkpoint but \(.*, 8, \d+\) in this config"):
+    train.train_and_evaluate(config, workdir)

@@ -5,9 +5,11 @@ Saving is asynchronous; a preemption signal (when the platform sends one) forces
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import grain.python as grain
+import jax
 import orbax.checkpoint as ocp
 
 from sorajax.configuration import ConfigError
@@ -50,9 +52,26 @@ class Checkpointer:
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
-      raise ConfigError(f"checkpoint at step {step} does not match this config: "
-                        f"{str(e).splitlines()[0][:300]}") from e
+      detail = self._mismatch(step, abstract_state) or str(e).splitlines()[0][:300]
+      raise ConfigError(f"checkpoint at step {step} does not match this config: {detail}; "
+                        "train it with the config it was saved with (config.json in its workdir) "
+                        "or use a new workdir") from e
     return restored["state"]
+
+  def _mismatch(self, step: int, abstract_state) -> str | None:
+    """The first parameter (then optimizer entry) whose shape differs from the saved one."""
+    path = os.path.join(str(self._manager.directory), str(step), "state")
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns about a metadata file it does not need here
+    try:
+      stored = ocp.StandardCheckpointer().metadata(path)
+    except (OSError, ValueError):
+      return None
+    finally:
+      absl_logger.setLevel(level)
+    stored = getattr(getattr(stored, "item_metadata", stored), "tree", stored)
+    return describe_mismatch(leaf_shapes(stored), leaf_shapes(abstract_state))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -60,6 +79,30 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _key_name(key) -> str:
+  for field in ("key", "name", "idx"):
+    if hasattr(key, field):
+      return str(getattr(key, field))
+  return str(key)
+
+
+def leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """{"params/decoder/conv_in/kernel": shape, ...} for every array-like leaf of a pytree."""
+  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(leaf, "shape")}
+
+
+def describe_mismatch(stored: dict, wanted: dict) -> str | None:
+  """Names the first entry (parameters first) that a checkpoint lacks, has extra or shapes otherwise."""
+  for name in sorted(wanted, key=lambda n: (not n.startswith("params"), n)):
+    if name not in stored:
+      return f"{name} is not in the checkpoint"
+    if stored[name] != wanted[name]:
+      return f"{name} has shape {stored[name]} in the checkpoint but {wanted[name]} in this config"
+  extra = sorted(set(stored) - set(wanted), key=lambda n: (not n.startswith("params"), n))
+  return f"the checkpoint has {extra[0]}, which this config's model lacks" if extra else None
 
 
 def require_checkpoint(workdir: str) -> int:
