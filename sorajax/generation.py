@@ -1,5 +1,8 @@
 """Text -> video with a trained DiT workdir: per-sample seeded noise, Euler + CFG, VAE decode.
 
+Decoding is chunked (models/vae_chunked.py): DECODE_CHUNK latent frames at a time, so a long clip
+decodes in the memory of a short one.
+
 Each sample's noise comes from its own seed, so a video depends on (prompt, seed, settings) and not
 on which batch or device produced it.
 
@@ -21,8 +24,12 @@ import numpy as np
 
 from sorajax.configuration import ConfigError
 from sorajax.diffusion import flow, samplers
+from sorajax.models import vae_chunked
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
+
+
+DECODE_CHUNK = 8  # latent frames per decoded piece (32 video frames at 4x temporal compression)
 
 
 def stage_prefixes(frames: int, stage_frames: int) -> list[int]:
@@ -44,6 +51,7 @@ class VideoGenerator:
     self.objective = objectives.build_objective(self.config, mesh)
     self.objective.prepare(workdir)
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
+    self.coder = vae_chunked.ChunkedCoder(self.objective.vae, self.frozen["vae"], DECODE_CHUNK)
 
   @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9))
   def _generate(self, params, frozen, tokens, token_mask, latent_shape, steps, guidance, shift,
@@ -65,7 +73,7 @@ class VideoGenerator:
     for stage, fixed in enumerate(stage_prefixes(latent_shape[0], stage_frames), start=1):
       given = jnp.broadcast_to(jnp.arange(latent_shape[0]) < fixed, latents.shape[:2])
       latents = samplers.euler(velocity, noise(stage), steps, guidance, shift, given, latents)
-    return self.objective.decode(frozen, latents)
+    return self.objective.denormalize(frozen, latents)  # decoded in pieces by `generate`
 
   def generate(self, captions: list[str], seeds: list[int], *, frames: int | None = None,
                height: int | None = None, width: int | None = None, steps: int | None = None,
@@ -95,7 +103,9 @@ class VideoGenerator:
                         "sample with --stage_frames=0")
     tokens, mask = self.objective.tokenizer.encode_batch(captions)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      videos = self._generate(self.params, self.frozen, jnp.asarray(tokens), jnp.asarray(mask),
-                              latent_shape, steps, float(guidance), float(shift), int(stage_frames),
-                              jnp.asarray(seeds, jnp.uint32))
-    return np.asarray(videos)
+      latents = self._generate(self.params, self.frozen, jnp.asarray(tokens), jnp.asarray(mask),
+                               latent_shape, steps, float(guidance), float(shift),
+                               int(stage_frames), jnp.asarray(seeds, jnp.uint32))
+      pieces = [np.asarray(objectives.unit_to_pixels(piece))
+                for piece in self.coder.decode_pieces(latents)]
+    return np.concatenate(pieces, axis=1)

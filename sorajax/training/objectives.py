@@ -228,9 +228,9 @@ class DiTObjective:
   def normalize(self, frozen, vae_latents: jax.Array) -> jax.Array:
     return (vae_latents - frozen["latent_mean"]) / frozen["latent_std"]
 
-  def decode(self, frozen, latents: jax.Array) -> jax.Array:
-    z = latents * frozen["latent_std"] + frozen["latent_mean"]
-    return unit_to_pixels(self.vae.apply({"params": frozen["vae"]}, z, method=self.vae.decode))
+  def denormalize(self, frozen, latents: jax.Array) -> jax.Array:
+    """The DiT's unit-scale latents back to the VAE's own scale (inverse of `normalize`)."""
+    return latents * frozen["latent_std"] + frozen["latent_mean"]
 
   def init_params(self, rng):
     d = self.config.data
