@@ -49,14 +49,16 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.PyGrainCheckpointRestore(data_iterator)
-    try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError) as e:
-      detail = self._mismatch(step, abstract_state) or str(e).splitlines()[0][:300]
-      raise ConfigError(f"checkpoint at step {step} does not match this config: {detail}; "
-                        "train it with the config it was saved with (config.json in its workdir) "
-                        "or use a new workdir") from e
-    return restored["state"]
+    # Compare shapes first: a failed restore leaves orbax's async reads to fail noisily later.
+    mismatch = self._mismatch(step, abstract_state)
+    if mismatch is None:
+      try:
+        return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+      except (ValueError, KeyError) as e:
+        mismatch = str(e).splitlines()[0][:300]
+    raise ConfigError(f"checkpoint at step {step} does not match this config: {mismatch}; train it "
+                      "with the config it was saved with (config.json in its workdir) or use a new "
+                      "workdir")
 
   def _mismatch(self, step: int, abstract_state) -> str | None:
     """The first parameter (then optimizer entry) whose shape differs from the saved one."""
