@@ -1,20 +1,13 @@
 """Chunked causal coding gives what one pass over the whole clip gives."""
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sorajax.models import vae, vae_chunked
+from sorajax.models import vae_chunked
+from tiny import perturbed_tiny_vae
 
 
 def _coder(factorized: bool, chunk: int):
-  model = vae.get_vae("tiny", factorized=factorized)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 5, 16, 16, 3)))["params"]
-  # Noise on every parameter, so zero-initialised biases hide no path.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(
-      tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  model, params = perturbed_tiny_vae(factorized=factorized)
   return model, params, vae_chunked.ChunkedCoder(model, params, chunk)
 
 

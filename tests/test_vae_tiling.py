@@ -1,10 +1,10 @@
 """Spatial tiling: exact for coders without spatial context, small seams for the VAE."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sorajax.models import vae, vae_tiling
+from sorajax.models import vae_tiling
+from tiny import perturbed_tiny_vae
 
 
 def test_tiles_cover_the_frame_with_the_asked_overlap():
@@ -29,12 +29,7 @@ def test_tiling_is_exact_for_a_coder_without_spatial_context():
 
 
 def test_vae_decode_seams_shrink_with_overlap():
-  model = vae.get_vae("tiny")
-  params = model.init(jax.random.key(0), jnp.zeros((1, 5, 16, 16, 3)))["params"]
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(
-      tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  model, params = perturbed_tiny_vae()
   decode = jax.jit(lambda z: model.apply({"params": params}, z, method="decode"))
   z = np.random.default_rng(0).standard_normal((1, 2, 12, 12, 4)).astype(np.float32)
   full = np.asarray(decode(z))

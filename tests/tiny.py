@@ -1,7 +1,11 @@
-"""Tiny configs shared by the tests that train: small models, 5x16x16 clips, a few steps."""
+"""Tiny configs (and a tiny VAE) shared by the tests: small models, 5x16x16 clips, a few steps."""
 import os
 
+import jax
+import jax.numpy as jnp
+
 from sorajax import configuration
+from sorajax.models import vae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE_CONFIG = os.path.join(ROOT, "configs/shapes/vae.py")
@@ -23,3 +27,14 @@ def tiny_config(path: str, steps: int = 2, **overrides):
     section, name = key.split(".")
     config[section][name] = value
   return config
+
+
+
+def perturbed_tiny_vae(scale: float = 0.05, **overrides):
+  """(the tiny VAE, its params with noise on every leaf): zero-initialised biases hide no path."""
+  model = vae.get_vae("tiny", **overrides)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 5, 16, 16, 3)))["params"]
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return model, jax.tree.unflatten(
+      tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])

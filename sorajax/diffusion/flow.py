@@ -97,13 +97,13 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   t = sample_timesteps(time_rng, x0.shape[0], logit_mean, logit_std)
   noise = frame_noise(noise_rng, x0.shape, frame_correlation, dtype=x0.dtype)
   times = t if given is None else frame_times(t, given)  # a clip-level t keeps the model's cheap path
-  prediction = predict_velocity(interpolate(x0, noise, times), times)
+  prediction = predict_velocity(interpolate(x0, noise, times), times).astype(jnp.float32)
   target = velocity_target(x0, noise)
-  miss = prediction.astype(jnp.float32) - target
+  miss = prediction - target
   error = jnp.square(miss)
   if contrast_weight:
     other = jnp.roll(target, 1, axis=0)  # another example's flow (another caption, place, noise)
-    error = error - contrast_weight * jnp.square(prediction.astype(jnp.float32) - other)
+    error = error - contrast_weight * jnp.square(prediction - other)
   if given is None:
     given = jnp.zeros(x0.shape[:2], bool)
   generated = _broadcast_time(~given, error).astype(jnp.float32)

@@ -46,16 +46,16 @@ def code_tiled(code: Callable, x, tile: int, overlap: int, up: int = 1, down: in
     if value % down:
       raise ValueError(f"tile {name}={value} must be a multiple of the spatial factor {down}")
   height, width = x.shape[2:4]
+  th, tw = min(tile, height), min(tile, width)
+  fade = overlap * up // down
   out = None
   for y0 in tile_starts(height, tile, overlap):
     for x0 in tile_starts(width, tile, overlap):
-      th, tw = min(tile, height), min(tile, width)
       piece = np.asarray(code(x[:, :, y0:y0 + th, x0:x0 + tw]), np.float32)
       if out is None:
         shape = piece.shape[:2] + (height * up // down, width * up // down) + piece.shape[4:]
         out = np.zeros(shape, np.float32)
         total = np.zeros(shape[2:4], np.float32)
-      fade = overlap * up // down
       weight = np.outer(_ramp(th * up // down, fade, y0 > 0, y0 + th < height),
                         _ramp(tw * up // down, fade, x0 > 0, x0 + tw < width))
       ys = slice(y0 * up // down, (y0 + th) * up // down)
