@@ -39,7 +39,7 @@ def make_train_step(objective, optimizer, ema_decay: float):
   def train_step(state: state_lib.TrainState, batch, frozen, rng):
     step_rng = jax.random.fold_in(rng, state.step)
     (loss, aux), grads = jax.value_and_grad(objective.loss, has_aux=True)(
-        state.params, frozen, batch, step_rng)
+        state.params, frozen, batch, step_rng, state.step)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
@@ -132,12 +132,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
           metrics_lib.check_finite(scalars["train/loss"], step, last_logged)
           last_logged = step
           writer.write(step, scalars, config.train.batch_size)
+        if metrics_lib.is_time(step, config.train.get("eval_every", 0), num_steps):
+          scores = objective.evaluate(state.inference_params, step, workdir)
+          if scores:
+            writer.write_eval(step, scores)
         saved = checkpointer.maybe_save(step, state, batches.iterator)
         if stop_requested:  # SIGTERM: save what we have, then exit cleanly
           if not saved:
             checkpointer.save(step, state, batches.iterator)
           logging.warning("SIGTERM at step %d: checkpoint saved, exiting", step)
           break
+      else:  # the run is complete (also when resumed after its last step)
+        checkpointer.wait()
+        objective.finish(state.inference_params, workdir)
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
     checkpointer.close()

@@ -71,8 +71,8 @@ def test_dit_loss_from_cached_latents_equals_loss_from_pixels(vae_workdir, tmp_p
   params = objective.init_params(jax.random.key(0))
   text = {"tokens": tokens, "token_mask": mask}
   rng = jax.random.key(3)
-  from_pixels, _ = objective.loss(params, objective.frozen, {"video": videos, **text}, rng)
-  from_cache, _ = objective.loss(params, objective.frozen, {"latents": cache.latents, **text}, rng)
+  from_pixels, _ = objective.loss(params, objective.frozen, {"video": videos, **text}, rng, 0)
+  from_cache, _ = objective.loss(params, objective.frozen, {"latents": cache.latents, **text}, rng, 0)
   np.testing.assert_allclose(float(from_cache), float(from_pixels), rtol=1e-5)
   # The trainer's stream serves the cache as global batches over the mesh's 8 devices.
   batch = next(pipeline.train_batches(config, mesh, objective.tokenizer, cache))

@@ -6,8 +6,8 @@ from sorajax.models import vae_chunked
 from tiny import perturbed_tiny_vae
 
 
-def _coder(factorized: bool, chunk: int):
-  model, params = perturbed_tiny_vae(factorized=factorized)
+def _coder(factorized: bool, chunk: int, mid_attention: bool = False):
+  model, params = perturbed_tiny_vae(factorized=factorized, mid_attention=mid_attention)
   return model, params, vae_chunked.ChunkedCoder(model, params, chunk)
 
 
@@ -15,9 +15,11 @@ def _video(frames, seed=0):
   return np.random.default_rng(seed).uniform(-1, 1, (2, frames, 16, 16, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("factorized,chunk", [(True, 2), (True, 1), (False, 2), (True, 9)])
-def test_chunked_encode_and_decode_equal_one_pass(factorized, chunk):
-  model, params, coder = _coder(factorized, chunk)
+@pytest.mark.parametrize("factorized,chunk,mid_attention",
+                         [(True, 2, False), (True, 1, False), (False, 2, False), (True, 9, False),
+                          (True, 2, True)])
+def test_chunked_encode_and_decode_equal_one_pass(factorized, chunk, mid_attention):
+  model, params, coder = _coder(factorized, chunk, mid_attention)
   video = _video(21)  # 1 + 4*5 frames: pieces of 1, then 4*chunk frames, the last one shorter
   mean, logvar = model.apply({"params": params}, video, method="encode")
   chunked_mean, chunked_logvar = coder.encode(video)

@@ -38,6 +38,12 @@ def get_config(arg=None):
   config.vae.latent_channels = 4
   config.vae.recon_loss = "l2"  # l1 | l2 (L1 stalled near 18 dB on the demo; L2 reached 23 dB)
   config.vae.kl_weight = 1e-6
+  # An optional hinge GAN on 3D patches (models/discriminator.py); weight 0 leaves it out.
+  config.vae.adversarial_weight = 0.0
+  config.vae.adversarial_start = 0  # the step at which the adversarial terms switch on
+  config.vae.discriminator_channels = (32, 64, 128)
+  config.vae.eval_clips = 64  # held-out clips scored (PSNR, SSIM) at every eval and at the end
+  config.vae.latent_stats_clips = 256  # training clips whose latents give the stored mean and std
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = arg.batch
@@ -48,6 +54,7 @@ def get_config(arg=None):
   config.train.grad_clip = 1.0
   config.train.ema_decay = 0.0  # the VAE is used as trained
   config.train.log_every = 25
+  config.train.eval_every = 0  # 0: evaluate at the last step only
   config.train.checkpoint_every = 200
   config.train.keep_checkpoints = 2
   return config

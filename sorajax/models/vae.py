@@ -119,6 +119,24 @@ class ResBlock(nn.Module):
     return layers.constrain(x + h, layers.VIDEO)
 
 
+class FrameAttention(nn.Module):
+  """Self-attention among the pixels of each frame, as a residual branch that starts at zero.
+
+  Frames never attend to each other, so causality and chunked coding are untouched; at the
+  coarsest level the frame is small (e.g. 4x4 to 32x32), so the quadratic cost stays low.
+  """
+
+  num_heads: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, h, w, c = x.shape
+    tokens = layers.GroupNorm(dtype=self.dtype, name="norm")(x).reshape(b * t, h * w, c)
+    out = layers.Attention(self.num_heads, zero_out=True, dtype=self.dtype, name="attention")(tokens)
+    return x + out.reshape(x.shape).astype(x.dtype)
+
+
 class Encoder(nn.Module):
   channels: tuple[int, ...]
   num_res_blocks: int
@@ -126,6 +144,7 @@ class Encoder(nn.Module):
   temporal_factor: int
   spatial_factor: int
   factorized: bool = True
+  mid_attention: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -148,6 +167,8 @@ class Encoder(nn.Module):
         folded = space_to_depth(x, *plan[i])
         y = conv(self.channels[i + 1], f"down{i}")(folded)
         x = y + _shortcut_down(folded, y.shape[-1])
+    if self.mid_attention:
+      x = FrameAttention(dtype=self.dtype, name="mid_attention")(x)
     # Latent head; the shortcut feeds the mean only, the log-variance is learned from scratch.
     h = nn.silu(layers.GroupNorm(dtype=self.dtype, name="norm_out")(x))
     moments = conv(2 * self.latent_channels, "conv_out")(space_to_depth(h, *plan[last]))
@@ -167,6 +188,7 @@ class Decoder(nn.Module):
   temporal_factor: int
   spatial_factor: int
   factorized: bool = True
+  mid_attention: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -181,6 +203,8 @@ class Decoder(nn.Module):
 
     last = len(self.channels) - 1
     x = unfold(z.astype(self.dtype), self.channels[last], plan[last], "conv_in")
+    if self.mid_attention:
+      x = FrameAttention(dtype=self.dtype, name="mid_attention")(x)
     for i in reversed(range(len(self.channels))):
       for j in range(self.num_res_blocks):
         x = ResBlock(self.factorized, dtype=self.dtype, name=f"level{i}_res{j}")(x)
@@ -204,6 +228,7 @@ class CausalVideoVAE(nn.Module):
   temporal_factor: int = 4
   spatial_factor: int = 4
   factorized: bool = True  # (1,3,3)+(3,1,1) convs in residual blocks instead of 3x3x3
+  mid_attention: bool = False  # per-frame self-attention at the coarsest level (FrameAttention)
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -213,6 +238,7 @@ class CausalVideoVAE(nn.Module):
       temporal_factor=self.temporal_factor,
       spatial_factor=self.spatial_factor,
       factorized=self.factorized,
+      mid_attention=self.mid_attention,
       dtype=self.dtype,
     )
     self.encoder = Encoder(latent_channels=self.latent_channels, **shared)
@@ -292,4 +318,12 @@ def get_vae(variant: str, **overrides) -> CausalVideoVAE:
   unknown = sorted(set(overrides) - fields)
   if unknown:
     raise ValueError(f"VAE override {unknown[0]!r} is unknown; valid: {', '.join(sorted(fields))}")
-  return CausalVideoVAE(**{**VARIANTS[variant], **overrides})
+  fields = {**VARIANTS[variant], **overrides}
+  channels = fields["channels"]
+  if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
+    raise ValueError(f"VAE channels={tuple(channels)} must be one or more positive widths, "
+                     "e.g. (32, 64)")
+  blocks = fields["num_res_blocks"]
+  if not isinstance(blocks, int) or blocks < 0:
+    raise ValueError(f"VAE num_res_blocks={blocks!r} must be an int >= 0, e.g. 1")
+  return CausalVideoVAE(**fields)

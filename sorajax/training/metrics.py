@@ -39,6 +39,16 @@ class MetricsWriter:
     self._writer.flush()
     print(self._console_line(step, scalars), flush=True)
 
+  def write_eval(self, step: int, scalars: dict[str, float]) -> None:
+    """Evaluation scalars: to TensorBoard and one console line, outside the train-speed clock."""
+    if self._writer is None:
+      return
+    for name, value in scalars.items():
+      self._writer.add_scalar(name, value, step)
+    self._writer.flush()
+    print(f"step {step}/{self._total} | " +
+          " | ".join(f"{name} {value:.4f}" for name, value in scalars.items()), flush=True)
+
   def _console_line(self, step: int, scalars: dict[str, float]) -> str:
     parts = [f"step {step}/{self._total}"]
     for name, label in (("train/loss", "loss"), ("train/psnr", "psnr")):

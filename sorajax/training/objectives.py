@@ -4,8 +4,12 @@ An objective owns its model(s) and exposes
   tokenizer             None, or what turns captions into tokens in the input pipeline
   init_params(rng)      boxed (logically named) parameters of the trainable model
   frozen                a pytree of fixed inputs to the loss (e.g. a trained VAE), passed to the step
-  loss(params, frozen, batch, rng) -> (scalar loss, dict of scalar metrics)
+  loss(params, frozen, batch, rng, step) -> (scalar loss, dict of scalar metrics)
+  model_params(params)  the weights inference needs, out of the trained parameters
   prepare(workdir)      one-off work before training (e.g. measuring latent statistics)
+  evaluate(params, step, workdir) -> dict of "eval/..." scalars; every train.eval_every steps and
+                        at the last step
+  finish(params, workdir)  one-off work after the last step (e.g. storing latent statistics)
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ import ml_collections
 import numpy as np
 
 from sorajax.configuration import ConfigError, load_saved_config, write_json_atomic
-from sorajax.data import latent_cache, pipeline, shapes
+from sorajax.data import latent_cache, pipeline, shapes, video_io
+from sorajax.models import discriminator as disc_lib
 from sorajax.models import dit as dit_lib
 from sorajax.models import factors
 from sorajax.models import text as text_lib
@@ -28,6 +33,7 @@ from sorajax.diffusion import flow
 from sorajax.diffusion import frame_conditioning
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import checkpoint as checkpoint_lib
+from sorajax.training import reconstruction
 from sorajax.training import state as state_lib
 
 LATENT_STATS_FILE = "latent_stats.json"
@@ -54,14 +60,32 @@ def _checked(check, *args) -> None:
     raise ConfigError(str(e)) from e
 
 
+# Architecture fields a config may set on top of its named VAE variant (absent: the variant's).
+VAE_ARCHITECTURE_FIELDS = ("channels", "num_res_blocks", "factorized", "mid_attention")
+
+
 def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVideoVAE:
   v = config.vae
-  return vae_lib.get_vae(v.variant, temporal_factor=v.temporal_factor, spatial_factor=v.spatial_factor,
-                         latent_channels=v.latent_channels, dtype=_dtype(config))
+  overrides = {name: v[name] for name in VAE_ARCHITECTURE_FIELDS if name in v}
+  if "channels" in overrides:
+    overrides["channels"] = tuple(overrides["channels"])
+  try:
+    return vae_lib.get_vae(v.variant, temporal_factor=v.temporal_factor,
+                           spatial_factor=v.spatial_factor, latent_channels=v.latent_channels,
+                           dtype=_dtype(config), **overrides)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
 
 
 class VAEObjective:
-  """Reconstruction (L1 or L2) + a small KL pull toward the unit Gaussian."""
+  """Reconstruction (L1 or L2) + a small KL pull toward the unit Gaussian + an optional hinge GAN.
+
+  Parameters are {"vae": ...}, plus {"discriminator": ...} when vae.adversarial_weight > 0. Both
+  train in one step from one summed loss: the generator term sees the discriminator through
+  stop_gradient and the discriminator term sees the reconstruction through stop_gradient, so each
+  part's gradient is exactly that of its own objective. The adversarial terms switch on at step
+  vae.adversarial_start, once reconstructions are good enough for the judge to learn from.
+  """
 
   tokenizer = None
   frozen = {}
@@ -70,30 +94,120 @@ class VAEObjective:
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     del mesh
     self.config = config
+    v = config.vae
     self.model = build_vae(config)
     d = config.data
-    _checked(factors.check_video_shape, d.frames, d.height, d.width, config.vae.temporal_factor,
-             config.vae.spatial_factor)
-    if config.vae.recon_loss not in ("l1", "l2"):
-      raise ConfigError(f"vae.recon_loss={config.vae.recon_loss!r} is unknown; valid: l1, l2")
+    _checked(factors.check_video_shape, d.frames, d.height, d.width, v.temporal_factor,
+             v.spatial_factor)
+    if v.recon_loss not in ("l1", "l2"):
+      raise ConfigError(f"vae.recon_loss={v.recon_loss!r} is unknown; valid: l1, l2")
+    # Runs saved before the adversarial term have no such fields: no discriminator.
+    self.adversarial_weight = float(v.get("adversarial_weight", 0.0))
+    self.adversarial_start = int(v.get("adversarial_start", 0))
+    if self.adversarial_weight < 0 or self.adversarial_start < 0:
+      raise ConfigError(f"vae.adversarial_weight={self.adversarial_weight} and "
+                        f"vae.adversarial_start={self.adversarial_start} must be >= 0 "
+                        "(weight 0 turns the discriminator off)")
+    self.discriminator = None
+    if self.adversarial_weight > 0:
+      self.discriminator = disc_lib.PatchDiscriminator3D(
+          tuple(v.get("discriminator_channels", (32, 64, 128))), dtype=_dtype(config))
 
   def prepare(self, workdir: str) -> None:
     del workdir
 
   def init_params(self, rng):
     d = self.config.data
-    return self.model.init(rng, jnp.zeros((1, d.frames, d.height, d.width, 3)))["params"]
+    vae_rng, disc_rng = jax.random.split(rng)
+    video = jnp.zeros((1, d.frames, d.height, d.width, 3))
+    params = {"vae": self.model.init(vae_rng, video)["params"]}
+    if self.discriminator is not None:
+      params["discriminator"] = self.discriminator.init(disc_rng, video)["params"]
+    return params
 
-  def loss(self, params, frozen, batch, rng):
+  def model_params(self, params):
+    """The VAE's own weights (what encoding and decoding need) out of the trained parameters."""
+    return params["vae"]
+
+  def loss(self, params, frozen, batch, rng, step):
     del frozen
     video = pixels_to_unit(batch["video"])
-    out = self.model.apply({"params": params}, video, sample_rng=rng)
-    error = out["recon"].astype(jnp.float32) - video
+    out = self.model.apply({"params": params["vae"]}, video, sample_rng=rng)
+    recon_video = out["recon"].astype(jnp.float32)
+    error = recon_video - video
     recon = jnp.abs(error).mean() if self.config.vae.recon_loss == "l1" else jnp.square(error).mean()
     kl = vae_lib.kl_divergence(out["mean"], out["logvar"]).mean()
     mse = jnp.square(error).mean()
     psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))  # peak-to-peak range of [-1, 1] is 2
-    return recon + self.config.vae.kl_weight * kl, {"recon": recon, "kl": kl, "psnr": psnr}
+    total = recon + self.config.vae.kl_weight * kl
+    metrics = {"recon": recon, "kl": kl, "psnr": psnr}
+    if self.discriminator is not None:
+      judge = lambda p, v: self.discriminator.apply({"params": p}, v)
+      disc = params["discriminator"]
+      generator = disc_lib.hinge_generator_loss(judge(jax.lax.stop_gradient(disc), recon_video))
+      discriminator = disc_lib.hinge_discriminator_loss(
+          judge(disc, video), judge(disc, jax.lax.stop_gradient(recon_video)))
+      on = jnp.asarray(step >= self.adversarial_start, jnp.float32)
+      total = total + on * (self.adversarial_weight * generator + discriminator)
+      metrics.update(generator=generator, discriminator=discriminator)
+    return total, metrics
+
+  # -- evaluation and the statistics the DiT needs, from the trainer's hooks.
+  def _reconstructor(self):
+    if not hasattr(self, "_reconstruct"):
+      def reconstruct(vae_params, video_uint8):
+        video = pixels_to_unit(video_uint8)
+        mean, _ = self.model.apply({"params": vae_params}, video, method=self.model.encode)
+        recon = self.model.apply({"params": vae_params}, mean, method=self.model.decode)
+        scores = reconstruction.psnr(recon, video)
+        # Frames too small for the SSIM window get NaN, which `evaluate` leaves out.
+        ssim = (reconstruction.ssim(recon, video) if reconstruction.fits_ssim(*video.shape[2:4])
+                else jnp.full_like(scores, jnp.nan))
+        return recon, mean, scores, ssim
+      self._reconstruct = jax.jit(reconstruct)
+    return self._reconstruct
+
+  def _clips(self, split: str, count: int) -> np.ndarray:
+    source = pipeline.make_source(self.config.data, split, self.config.seed)
+    return np.stack([source[i]["video"] for i in range(count)])
+
+  def _in_batches(self, vae_params, clips: np.ndarray):
+    """Runs the jitted reconstruction over `clips` in train-batch-sized pieces; numpy outputs."""
+    size = self.config.train.batch_size
+    pieces = [jax.device_get(self._reconstructor()(vae_params, clips[i:i + size]))
+              for i in range(0, len(clips), size)]
+    return [np.concatenate(parts) for parts in zip(*pieces)]
+
+  def evaluate(self, params, step: int, workdir: str) -> dict[str, float]:
+    """Held-out PSNR and SSIM of the posterior mean; also writes an original | reconstruction video
+    of the first clips to workdir/reconstructions."""
+    count = self.config.vae.get("eval_clips", 64)
+    if count <= 0:
+      return {}
+    clips = self._clips("heldout", count)
+    recon, _, psnr, ssim = self._in_batches(self.model_params(params), clips)
+    if jax.process_index() == 0:
+      out_dir = os.path.join(workdir, "reconstructions")
+      os.makedirs(out_dir, exist_ok=True)
+      shown = min(4, count)
+      video = reconstruction.side_by_side(clips[:shown], np.asarray(unit_to_pixels(recon[:shown])))
+      video_io.write_mp4(os.path.join(out_dir, f"step_{step:06d}.mp4"), video, scale=4)
+    scores = {"eval/psnr": float(psnr.mean()), "eval/psnr_min": float(psnr.min())}
+    if not np.isnan(ssim).any():
+      scores["eval/ssim"] = float(ssim.mean())
+    return scores
+
+  def finish(self, params, workdir: str) -> None:
+    """Stores per-channel latent mean and std with the checkpoint, so a DiT trains on unit-scale
+    latents without measuring them again."""
+    step = checkpoint_lib.require_checkpoint(workdir)
+    clips = self._clips("train", self.config.vae.get("latent_stats_clips", 256))
+    latents = self._in_batches(self.model_params(params), clips)[1]
+    latents = latents.reshape(-1, latents.shape[-1]).astype(np.float64)
+    if jax.process_index() == 0:
+      write_json_atomic(os.path.join(workdir, LATENT_STATS_FILE),
+                        {"step": step, "clips": len(clips), "mean": latents.mean(axis=0).tolist(),
+                         "std": (latents.std(axis=0) + 1e-6).tolist()})
 
 
 def restore_inference_params(workdir: str, mesh, rules=None):
@@ -110,7 +224,7 @@ def restore_inference_params(workdir: str, mesh, rules=None):
     state = checkpointer.restore(step, target)
   finally:
     checkpointer.close()
-  return config, state.inference_params, step
+  return config, objective.model_params(state.inference_params), step
 
 
 class DiTObjective:
@@ -175,7 +289,7 @@ class DiTObjective:
   def prepare(self, workdir: str) -> None:
     path = os.path.join(workdir, LATENT_STATS_FILE)
     if not os.path.isfile(path):
-      mean, std = self._measure_latent_stats()
+      mean, std = self._vae_latent_stats()
       if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         write_json_atomic(path, {"mean": mean.tolist(), "std": std.tolist()})
@@ -206,6 +320,17 @@ class DiTObjective:
     """Jitted (vae params, uint8 videos) -> the VAE posterior means, before normalisation."""
     return jax.jit(lambda p, v: self.vae.apply({"params": p}, pixels_to_unit(v),
                                                method=self.vae.encode)[0])
+
+  def _vae_latent_stats(self) -> tuple[np.ndarray, np.ndarray]:
+    """The statistics stored with the VAE checkpoint; VAE runs saved before they were stored (or a
+    checkpoint newer than them) get them measured here."""
+    path = os.path.join(self.config.vae_workdir, LATENT_STATS_FILE)
+    if os.path.isfile(path):
+      with open(path) as f:
+        stats = json.load(f)
+      if stats.get("step") == self.vae_step:
+        return np.asarray(stats["mean"]), np.asarray(stats["std"])
+    return self._measure_latent_stats()
 
   def _measure_latent_stats(self) -> tuple[np.ndarray, np.ndarray]:
     d, seed = self.config.data, self.config.seed
@@ -238,10 +363,22 @@ class DiTObjective:
     tokens, mask = (jnp.asarray(a)[None] for a in self.null_tokens)
     return self.denoiser.init(rng, latents, jnp.zeros((1,)), tokens, mask)["params"]
 
+  def model_params(self, params):
+    return params
+
+  def evaluate(self, params, step: int, workdir: str) -> dict[str, float]:
+    """Nothing during training: samples are judged by `python -m sorajax.evaluate`."""
+    del params, step, workdir
+    return {}
+
+  def finish(self, params, workdir: str) -> None:
+    del params, workdir
+
   def velocity(self, params, latents, t, tokens, token_mask):
     return self.denoiser.apply({"params": params}, latents, t, tokens, token_mask)
 
-  def loss(self, params, frozen, batch, rng):
+  def loss(self, params, frozen, batch, rng, step):
+    del step
     drop_rng, flow_rng, given_rng = jax.random.split(rng, 3)
     if "latents" in batch:  # from the latent cache
       x0 = self.normalize(frozen, batch["latents"])

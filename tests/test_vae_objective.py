@@ -1,0 +1,217 @@
+"""The VAE's training objective, its evaluation metrics and what its trainer run leaves behind."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sorajax import configuration
+from sorajax import train
+from sorajax.data import video_io
+from sorajax.models import discriminator as disc_lib
+from sorajax.models import vae as vae_lib
+from sorajax.training import objectives
+from sorajax.training import reconstruction
+from tiny import VAE_CONFIG, perturbed_tiny_vae, tiny_config
+
+KEY = jax.random.key(0)
+
+
+def _video(frames=5, size=16, seed=0, batch=2):
+  return np.random.default_rng(seed).uniform(-1, 1, (batch, frames, size, size, 3)).astype(np.float32)
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def test_psnr_closed_form():
+  target = 0.8 * _video()  # room for the offset below without clipping
+  # An offset of 0.1 on the [-1, 1] scale is 0.05 on the [0, 1] scale: MSE 0.0025, 26.02 dB.
+  np.testing.assert_allclose(reconstruction.psnr(jnp.asarray(target + 0.1), target),
+                             [-10 * np.log10(0.05**2)] * 2, rtol=1e-4)
+  # Reconstructions are clipped to the valid range before scoring.
+  ones = np.ones((1, 1, 4, 4, 3), np.float32)
+  assert float(reconstruction.psnr(jnp.asarray(3 * ones), ones)[0]) > 100
+
+
+def _ssim_reference(x: np.ndarray, y: np.ndarray) -> float:
+  """Direct windowed sums over one (H, W) image in [0, 1]; no convolution routine involved."""
+  g = reconstruction.gaussian_window()
+  n = g.shape[0]
+  c1, c2 = 0.01**2, 0.03**2
+  values = []
+  for i in range(x.shape[0] - n + 1):
+    for j in range(x.shape[1] - n + 1):
+      a, b = x[i:i + n, j:j + n], y[i:i + n, j:j + n]
+      ma, mb = (g * a).sum(), (g * b).sum()
+      va, vb = (g * a * a).sum() - ma**2, (g * b * b).sum() - mb**2
+      cov = (g * a * b).sum() - ma * mb
+      values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+  return float(np.mean(values))
+
+
+def test_ssim_matches_direct_windowed_sums():
+  target = _video(frames=2, size=14, batch=1)
+  recon = np.clip(target + np.random.default_rng(1).normal(0, 0.3, target.shape), -1, 1)
+  recon = recon.astype(np.float32)
+  got = float(reconstruction.ssim(jnp.asarray(recon), jnp.asarray(target))[0])
+  to01 = lambda v: (v.astype(np.float64) + 1) / 2
+  expected = np.mean([_ssim_reference(to01(recon[0, t, :, :, c]), to01(target[0, t, :, :, c]))
+                      for t in range(2) for c in range(3)])
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+  assert got < 0.9  # the noise is visible to it
+  np.testing.assert_allclose(reconstruction.ssim(jnp.asarray(target), jnp.asarray(target)), [1.0],
+                             rtol=1e-5)
+
+
+def test_ssim_of_flat_frames_is_the_luminance_term():
+  a, b = 0.2, 0.6  # on the [0, 1] scale; flat frames have no variance, so only luminance counts
+  flat = lambda v: jnp.full((1, 1, 12, 12, 3), 2 * v - 1, jnp.float32)
+  expected = (2 * a * b + 0.01**2) / (a**2 + b**2 + 0.01**2)
+  np.testing.assert_allclose(reconstruction.ssim(flat(a), flat(b)), [expected], rtol=1e-4)
+  with pytest.raises(ValueError, match="smaller than the 11x11 SSIM window"):
+    reconstruction.ssim(jnp.zeros((1, 1, 8, 8, 3)), jnp.zeros((1, 1, 8, 8, 3)))
+
+
+def test_side_by_side_layout():
+  originals = np.zeros((2, 3, 4, 5, 3), np.uint8)
+  recons = np.full((2, 3, 4, 5, 3), 200, np.uint8)
+  video = reconstruction.side_by_side(originals, recons, pad=1)
+  assert video.shape == (3, 9, 11, 3)
+  assert (video[:, :4, :5] == 0).all() and (video[:, :4, 6:] == 200).all()
+  assert (video[:, 4] == 255).all()  # the padding row between clips
+
+
+# --- adversarial terms ----------------------------------------------------------------------------
+
+
+def test_hinge_losses_closed_form():
+  real = jnp.array([2.0, 0.5, -1.0])
+  fake = jnp.array([-2.0, 0.0, 1.5])
+  # relu(1 - real) = [0, 0.5, 2]; relu(1 + fake) = [0, 1, 2.5]
+  np.testing.assert_allclose(disc_lib.hinge_discriminator_loss(real, fake), 2.5 / 3 + 3.5 / 3,
+                             rtol=1e-6)
+  np.testing.assert_allclose(disc_lib.hinge_generator_loss(fake), -(-0.5) / 3, rtol=1e-6)
+
+
+def test_patch_discriminator_scores_patches_of_any_clip_size():
+  disc = disc_lib.PatchDiscriminator3D(channels=(8, 16, 16))
+  params = disc.init(KEY, jnp.zeros((1, 5, 16, 16, 3)))
+  assert disc.apply(params, _video(frames=5, size=16)).shape == (2, 5, 4, 4)
+  assert disc.apply(params, _video(frames=1, size=32, batch=1)).shape == (1, 1, 8, 8)
+
+
+def _objective(**vae_fields):
+  overrides = {f"vae.{name}": value for name, value in vae_fields.items()}
+  return objectives.VAEObjective(tiny_config(VAE_CONFIG, **overrides))
+
+
+def _perturbed(params, scale=0.05):
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape)
+                                   for p, k in zip(leaves, keys)])
+
+
+def test_adversarial_terms_train_each_part_on_its_own_objective():
+  objective = _objective(adversarial_weight=0.5, adversarial_start=10,
+                         discriminator_channels=(8, 16))
+  plain = _objective()
+  params = _perturbed(nn.meta.unbox(objective.init_params(KEY)))
+  batch = {"video": np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3), np.uint8)}
+  grad = lambda obj, p, step: jax.grad(lambda q: obj.loss(q, {}, batch, KEY, step)[0])(p)
+
+  before = grad(objective, params, 9)
+  reference = grad(plain, {"vae": params["vae"]}, 9)
+  # Before the start step: the VAE sees only its reconstruction and KL; the judge does not move.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), before["vae"],
+               reference["vae"])
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(before["discriminator"]))
+
+  after = grad(objective, params, 10)
+  judge = lambda p, v: objective.discriminator.apply({"params": p}, v)
+  recon = objective.model.apply({"params": params["vae"]}, objectives.pixels_to_unit(batch["video"]),
+                                sample_rng=KEY)["recon"]
+  video = objectives.pixels_to_unit(batch["video"])
+  # The judge's gradient is exactly that of its hinge loss on real clips and fixed reconstructions.
+  expected = jax.grad(lambda p: disc_lib.hinge_discriminator_loss(judge(p, video), judge(p, recon)))(
+      params["discriminator"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               after["discriminator"], expected)
+  # The VAE's gradient gains 0.5 x that of the generator term.
+  generator = jax.grad(lambda p: 0.5 * disc_lib.hinge_generator_loss(judge(
+      params["discriminator"], objective.model.apply({"params": p}, video, sample_rng=KEY)["recon"]))
+  )(params["vae"])
+  jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a, b + c, rtol=1e-3, atol=1e-6),
+               after["vae"], reference["vae"], generator)
+
+
+def test_vae_loss_terms_against_closed_forms():
+  objective = _objective(kl_weight=0.01)
+  params = _perturbed(nn.meta.unbox(objective.init_params(KEY)))
+  batch = {"video": np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3), np.uint8)}
+  loss, metrics = objective.loss(params, {}, batch, KEY, 0)
+  video = np.asarray(batch["video"], np.float64) / 127.5 - 1
+  out = objective.model.apply({"params": params["vae"]}, jnp.asarray(video, jnp.float32),
+                              sample_rng=KEY)
+  mean, logvar = np.asarray(out["mean"], np.float64), np.asarray(out["logvar"], np.float64)
+  kl = np.mean(0.5 * (mean**2 + np.exp(logvar) - 1 - logvar))
+  mse = np.mean((np.asarray(out["recon"], np.float64) - video) ** 2)
+  np.testing.assert_allclose(metrics["kl"], kl, rtol=1e-4)
+  np.testing.assert_allclose(metrics["recon"], mse, rtol=1e-4)
+  np.testing.assert_allclose(metrics["psnr"], 10 * np.log10(4 / mse), rtol=1e-4)
+  np.testing.assert_allclose(loss, mse + 0.01 * kl, rtol=1e-4)
+  l1, _ = _objective(recon_loss="l1").loss(params, {}, batch, KEY, 0)
+  np.testing.assert_allclose(l1, np.mean(np.abs(np.asarray(out["recon"]) - video)) + 1e-6 * kl,
+                             rtol=1e-4)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("adversarial_weight", -1.0, "vae.adversarial_weight=-1.0 and vae.adversarial_start=0 must be"),
+    ("channels", (8, 0), "VAE channels=\\(8, 0\\) must be one or more positive widths"),
+    ("num_res_blocks", -1, "VAE num_res_blocks=-1 must be an int >= 0"),
+])
+def test_bad_vae_settings_are_config_errors(field, value, message):
+  with pytest.raises(configuration.ConfigError, match=message):
+    _objective(**{field: value})
+
+
+def test_architecture_fields_override_the_variant():
+  objective = _objective(channels=(8, 8, 16), mid_attention=True)
+  assert objective.model.channels == (8, 8, 16) and objective.model.mid_attention
+  params = objective.init_params(KEY)
+  assert "mid_attention" in params["vae"]["decoder"]
+
+
+# --- the trainer's VAE run ------------------------------------------------------------------------
+
+
+def test_vae_run_evaluates_and_stores_latent_statistics(vae_workdir):
+  with open(os.path.join(vae_workdir, objectives.LATENT_STATS_FILE)) as f:
+    stats = json.load(f)
+  config = configuration.load_saved_config(vae_workdir)
+  assert stats["step"] == config.train.num_steps
+  assert len(stats["mean"]) == len(stats["std"]) == config.vae.latent_channels
+  assert min(stats["std"]) > 0
+  video = video_io.read_video(
+      os.path.join(vae_workdir, "reconstructions", f"step_{config.train.num_steps:06d}.mp4"))
+  assert video.shape[0] == config.data.frames and video.shape[2] > video.shape[1] / 4  # side by side
+
+
+def test_dit_normalises_with_the_statistics_stored_by_the_vae(vae_workdir, tmp_path):
+  from tiny import DIT_CONFIG  # pylint: disable=import-outside-toplevel
+  from sorajax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  config = tiny_config(DIT_CONFIG)
+  config.vae_workdir = vae_workdir
+  objective = objectives.build_objective(config, mesh_lib.make_mesh({"data": 1}, jax.devices()[:1]))
+  with open(os.path.join(vae_workdir, objectives.LATENT_STATS_FILE)) as f:
+    stored = json.load(f)
+  objective.prepare(str(tmp_path))
+  np.testing.assert_allclose(objective.frozen["latent_mean"], stored["mean"], rtol=1e-6)
+  np.testing.assert_allclose(objective.frozen["latent_std"], stored["std"], rtol=1e-6)
+  # They describe the VAE's latents: re-measured here on the DiT's own data they come out close.
+  _, measured_std = objective._measure_latent_stats()  # pylint: disable=protected-access
+  np.testing.assert_allclose(measured_std, stored["std"], rtol=0.5)
