@@ -50,7 +50,7 @@ def test_bad_frame_count_names_nearest_valid(tmp_path):
 def test_bad_size_names_nearest_valid(tmp_path):
   result = run("sorajax.train", "--config", "configs/shapes/vae.py:variant=tiny,size=30",
                "--workdir", str(tmp_path))
-  assert_one_line_error(result, "30", "28 or 32")
+  assert_one_line_error(result, "30", "24 or 32")
 
 
 def test_text_length_that_truncates_captions(tmp_path):

@@ -119,6 +119,6 @@ def test_resuming_with_another_model_shape_names_the_parameter(vae_workdir, tmp_
   shutil.copytree(vae_workdir, workdir)
   config = tiny_config(VAE_CONFIG, steps=4, **{"vae.latent_channels": 8})
   with pytest.raises(configuration.ConfigError,
-                     match=r"params/vae/decoder/conv_in/kernel has shape \(.*, 4, \d+\) in the "
+                     match=r"params/vae/decoder/conv_in/kernel has shape \(.*, 16, \d+\) in the "
                            r"checkpoint but \(.*, 8, \d+\) in this config"):
     train.train_and_evaluate(config, workdir)

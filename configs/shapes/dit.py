@@ -43,7 +43,7 @@ def get_config(arg=None):
 
   config.dit = ml_collections.ConfigDict()
   config.dit.variant = arg.variant
-  config.dit.patch = (1, 2, 2)
+  config.dit.patch = (1, 1, 1)  # the 4x8x8 VAE leaves 4x4 latents per 32x32 frame
   config.dit.attention = "xla"
   config.dit.positions = "rope"  # 3D rotary (or "sincos", added to the patch embeddings)
   config.dit.pooled_text = False  # True: the mean text embedding joins the time in every adaLN

@@ -189,6 +189,8 @@ class Decoder(nn.Module):
   spatial_factor: int
   factorized: bool = True
   mid_attention: bool = False
+  refine_features: int = 0
+  refine_width: int = 16
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -211,10 +213,19 @@ class Decoder(nn.Module):
       if i > 0:
         x = unfold(x, self.channels[i - 1], plan[i - 1], f"up{i - 1}")
     x = nn.silu(layers.GroupNorm(dtype=self.dtype, name="norm_out")(x))
+    out_channels = 3 + self.refine_features
     x = layers.CausalConv3D(
-      3 * stem[0] * stem[1] ** 2, FOLD_KERNEL, dtype=self.dtype, name="conv_out"
+      out_channels * stem[0] * stem[1] ** 2, FOLD_KERNEL, dtype=self.dtype, name="conv_out"
     )(x)
     x = depth_to_space(x, *stem)
+    if self.refine_features:
+      # Edges are where an L2-trained decoder blurs; a small residual stage at full resolution
+      # (per-frame convs, so still causal) sharpens them from the RGB and a few extra features.
+      h = layers.CausalConv3D(self.refine_width, FOLD_KERNEL, dtype=self.dtype,
+                              name="refine_in")(nn.silu(x))
+      h = layers.CausalConv3D(3, FOLD_KERNEL, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                              name="refine_out")(nn.silu(h))
+      x = x[..., :3] + h
     # The first f-1 frames mirror the encoder's front padding; frame f-1 is the real frame 0.
     return x[:, self.temporal_factor - 1 :] if first_chunk else x
 
@@ -229,6 +240,10 @@ class CausalVideoVAE(nn.Module):
   spatial_factor: int = 4
   factorized: bool = True  # (1,3,3)+(3,1,1) convs in residual blocks instead of 3x3x3
   mid_attention: bool = False  # per-frame self-attention at the coarsest level (FrameAttention)
+  # > 0: the decoder ends with a small residual stage at full resolution fed by RGB plus this many
+  # extra features (Decoder); 0: the last conv's output is the video.
+  refine_features: int = 0
+  refine_width: int = 16
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -242,7 +257,8 @@ class CausalVideoVAE(nn.Module):
       dtype=self.dtype,
     )
     self.encoder = Encoder(latent_channels=self.latent_channels, **shared)
-    self.decoder = Decoder(**shared)
+    self.decoder = Decoder(refine_features=self.refine_features, refine_width=self.refine_width,
+                           **shared)
 
   def encode(self, video: jax.Array, first_chunk: bool = True) -> tuple[jax.Array, jax.Array]:
     """(B, 1+f*k, H, W, 3) -> (mean, logvar), each (B, 1+k, H/s, W/s, latent_channels), float32.
