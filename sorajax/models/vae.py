@@ -11,7 +11,8 @@ space, causal convs) and drops the first f-1 output frames, so decoded frame t s
 
 CPU-cheap by layout: the stem folds 2 frames x 2x2 pixels into channels before any convolution,
 folds and stem use spatial-only (1,3,3) kernels, and residual blocks factorise 3x3x3 into
-(1,3,3)+(3,1,1).
+(1,3,3)+(3,1,1). Since the stem leaves no layer at full resolution, an optional small per-frame
+stage there (`refine_features`) restores the edges an L2 loss blurs.
 """
 
 import dataclasses
@@ -334,12 +335,12 @@ def get_vae(variant: str, **overrides) -> CausalVideoVAE:
   unknown = sorted(set(overrides) - fields)
   if unknown:
     raise ValueError(f"VAE override {unknown[0]!r} is unknown; valid: {', '.join(sorted(fields))}")
-  fields = {**VARIANTS[variant], **overrides}
-  channels = fields["channels"]
+  settings = {**VARIANTS[variant], **overrides}
+  channels = settings["channels"]
   if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
     raise ValueError(f"VAE channels={tuple(channels)} must be one or more positive widths, "
                      "e.g. (32, 64)")
-  blocks = fields["num_res_blocks"]
+  blocks = settings["num_res_blocks"]
   if not isinstance(blocks, int) or blocks < 0:
     raise ValueError(f"VAE num_res_blocks={blocks!r} must be an int >= 0, e.g. 1")
-  return CausalVideoVAE(**fields)
+  return CausalVideoVAE(**settings)
