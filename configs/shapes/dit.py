@@ -16,7 +16,7 @@ from sorajax.parallel import mesh
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, variant="demo", frames=9, size=32, steps=1500, batch=32)
+  arg = parse_arg(arg, variant="demo", frames=9, size=32, steps=2000, batch=32)
   config = ml_collections.ConfigDict()
   config.objective = "dit"
   config.seed = 0
