@@ -25,19 +25,20 @@ from sorajax.training import state as state_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def time_steps(config, steps: int, workdir: str) -> float:
+def time_steps(config, steps: int, workdir: str):
+  """(mean seconds per train step after a warm-up step, the objective)."""
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   rules = mesh_lib.logical_rules(config.logical_rules)
   objective = objectives.build_objective(config, mesh)
   start = time.perf_counter()
   objective.prepare(workdir)
-  if objective.train_source is not None:
-    print(f"latent cache of {len(objective.train_source)} clips built in "
+  if objective.train_sources is not None:
+    print(f"latent cache of {sum(len(s) for s in objective.train_sources)} clips built in "
           f"{time.perf_counter() - start:.1f} s (with the latent statistics)")
   optimizer = state_lib.make_optimizer(config.train)
   state, shardings = state_lib.init_sharded_state(
       objective.init_params, optimizer, config.train.ema_decay, jax.random.key(0), mesh, rules)
-  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_source)
+  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_sources)
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
   step = train.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
   rng = jax.random.key(1)
@@ -48,7 +49,7 @@ def time_steps(config, steps: int, workdir: str) -> float:
     for _ in range(steps):
       state, metrics = step(state, next(batches), frozen, rng)
     jax.block_until_ready(metrics)
-  return (time.perf_counter() - start) / steps
+  return (time.perf_counter() - start) / steps, objective
 
 
 def main():
@@ -65,7 +66,7 @@ def main():
     if name == "dit" and args.latent_cache is not None:
       config.data.latent_cache = args.latent_cache
     with tempfile.TemporaryDirectory() as workdir:
-      seconds = time_steps(config, args.steps, workdir)
+      seconds, _ = time_steps(config, args.steps, workdir)
     print(f"{name}: batch {config.train.batch_size}: {seconds * 1000:.0f} ms/step, "
           f"{1 / seconds:.2f} steps/s, {config.train.batch_size / seconds:.1f} examples/s")
 

@@ -23,6 +23,8 @@ _SEEDS = flags.DEFINE_integer("seeds", 4, "Samples per held-out prompt.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Videos generated per call.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's sample.steps).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the run's sample.guidance).")
+_SAMPLER = flags.DEFINE_string("sampler", None, "euler, heun or dpm_solver_2m (default: the run's "
+                               "sample.sampler).")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
     "run's sample.stage_frames).")
@@ -30,7 +32,8 @@ _STAGE_FRAMES = flags.DEFINE_integer(
 ATTRIBUTES = ("color", "shape", "motion", "color_and_motion")
 
 
-def evaluate_heldout(generator, seeds: int, batch: int, steps=None, guidance=None, stage_frames=None):
+def evaluate_heldout(generator, seeds: int, batch: int, steps=None, guidance=None, stage_frames=None,
+                     sampler=None):
   """Generates and judges every held-out prompt `seeds` times; returns (rows, videos)."""
   background = "black"
   prompts = shapes.held_out_prompts(background)
@@ -39,7 +42,8 @@ def evaluate_heldout(generator, seeds: int, batch: int, steps=None, guidance=Non
   for start in range(0, len(jobs), batch):
     chunk = jobs[start:start + batch]
     out = generator.generate([p.caption for p, _ in chunk], [s for _, s in chunk],
-                             steps=steps, guidance=guidance, stage_frames=stage_frames)
+                             steps=steps, guidance=guidance, stage_frames=stage_frames,
+                             sampler=sampler)
     for (prompt, seed), video in zip(chunk, out):
       verdict = shapes_judge.judge_prompt(video, prompt)
       rows.append({"caption": prompt.caption, "seed": seed, "prompt": prompt.to_json(),
@@ -67,7 +71,7 @@ def write_report(out: str, rows, videos, summary, info) -> None:
   lines = ["# Held-out prompt report", "",
            f"- run: `{info['workdir']}` (checkpoint step {info['step']})",
            f"- {info['prompts']} held-out prompts x {info['seeds']} seeds = {len(rows)} videos, "
-           f"{info['sampler_steps']} Euler steps, guidance {info['guidance']}"
+           f"{info['sampler_steps']} {info['sampler']} steps, guidance {info['guidance']}"
            + (f", {info['stage_frames']} latent frame(s) per stage" if info["stage_frames"] else ""),
            f"- sampling time: {info['seconds']:.1f} s", "",
            "| attribute | accuracy |", "|---|---|"]
@@ -91,12 +95,13 @@ def main(argv):
   generator = VideoGenerator(_WORKDIR.value)
   start = time.perf_counter()
   rows, videos = evaluate_heldout(generator, _SEEDS.value, _BATCH.value, _STEPS.value,
-                                  _GUIDANCE.value, _STAGE_FRAMES.value)
+                                  _GUIDANCE.value, _STAGE_FRAMES.value, _SAMPLER.value)
   seconds = time.perf_counter() - start
   summary = summarise(rows)
   info = {"workdir": os.path.abspath(_WORKDIR.value), "step": generator.step,
           "prompts": len(rows) // _SEEDS.value, "seeds": _SEEDS.value, "seconds": seconds,
           "sampler_steps": _STEPS.value or generator.config.sample.steps,
+          "sampler": _SAMPLER.value or generator.config.sample.get("sampler", "euler"),
           "stage_frames": (generator.config.sample.get("stage_frames", 0)
                            if _STAGE_FRAMES.value is None else _STAGE_FRAMES.value),
           "guidance": generator.config.sample.guidance if _GUIDANCE.value is None else _GUIDANCE.value}

@@ -1,4 +1,4 @@
-"""Text -> video with a trained DiT workdir: per-sample seeded noise, Euler + CFG, VAE decode.
+"""Text -> video with a trained DiT workdir: per-sample seeded noise, a sampler + CFG, VAE decode.
 
 Decoding is chunked (models/vae_chunked.py): DECODE_CHUNK latent frames at a time, so a long clip
 decodes in the memory of a short one.
@@ -37,6 +37,13 @@ def stage_prefixes(frames: int, stage_frames: int) -> list[int]:
   return list(range(stage_frames, frames, stage_frames)) if stage_frames > 0 else []
 
 
+def _checked_shift(objective, shift: float, latent_shape) -> float:
+  try:
+    return objective.time_shift(shift, latent_shape)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
 class VideoGenerator:
   """Loads a DiT run (and the VAE it names) once; `generate` many times."""
 
@@ -53,9 +60,9 @@ class VideoGenerator:
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
     self.coder = vae_chunked.ChunkedCoder(self.objective.vae, self.frozen["vae"], DECODE_CHUNK)
 
-  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9))
-  def _generate(self, params, frozen, tokens, token_mask, latent_shape, steps, guidance, shift,
-                stage_frames, seeds):
+  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10))
+  def _generate(self, params, frozen, tokens, token_mask, latent_shape, sampler, steps, guidance,
+                shift, stage_frames, seeds):
     def noise(stage):  # sample i's first stage draws from key(seed_i), later ones from folds of it
       key = lambda s: jax.random.key(s) if stage == 0 else jax.random.fold_in(jax.random.key(s), stage)
       correlation = self.objective.frame_noise_correlation  # the prior the run was trained from
@@ -69,19 +76,21 @@ class VideoGenerator:
       return self.objective.velocity(params, x, t, pick(tokens, null_tokens),
                                      pick(token_mask, null_mask))
 
-    latents = samplers.euler(velocity, noise(0), steps, guidance, shift)
+    solve = samplers.get_sampler(sampler)
+    latents = solve(velocity, noise(0), steps, guidance, shift)
     for stage, fixed in enumerate(stage_prefixes(latent_shape[0], stage_frames), start=1):
       given = jnp.broadcast_to(jnp.arange(latent_shape[0]) < fixed, latents.shape[:2])
-      latents = samplers.euler(velocity, noise(stage), steps, guidance, shift, given, latents)
+      latents = solve(velocity, noise(stage), steps, guidance, shift, given, latents)
     return self.objective.denormalize(frozen, latents)  # decoded in pieces by `generate`
 
   def generate(self, captions: list[str], seeds: list[int], *, frames: int | None = None,
                height: int | None = None, width: int | None = None, steps: int | None = None,
                guidance: float | None = None, shift: float | None = None,
-               stage_frames: int | None = None) -> np.ndarray:
+               stage_frames: int | None = None, sampler: str | None = None) -> np.ndarray:
     """uint8 videos (N, frames, height, width, 3), one per (caption, seed) pair.
 
-    Unset settings take the run's `config.sample` values.
+    Unset settings take the run's `config.sample` values. `shift` is the time shift at the run's
+    `flow.shift_reference_tokens` (when set), scaled to this clip size's token count.
     """
     if len(captions) != len(seeds):
       raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
@@ -91,9 +100,13 @@ class VideoGenerator:
     steps = steps or self.config.sample.steps
     guidance = self.config.sample.guidance if guidance is None else guidance
     shift = self.config.sample.get("shift", 1.0) if shift is None else shift
+    sampler = sampler or self.config.sample.get("sampler", "euler")
+    if sampler not in samplers.SAMPLERS:
+      raise ConfigError(f"sampler={sampler!r} is unknown; valid: {', '.join(samplers.SAMPLERS)}")
     if stage_frames is None:
       stage_frames = self.config.sample.get("stage_frames", 0)
     latent_shape = self.objective.latent_shape(frames, height, width)
+    shift = _checked_shift(self.objective, float(shift), latent_shape)
     prefixes = stage_prefixes(latent_shape[0], stage_frames)
     trained = self.objective.given_frames
     if prefixes and not (trained.get("prefix", 0.0) > 0
@@ -104,7 +117,7 @@ class VideoGenerator:
     tokens, mask = self.objective.tokenizer.encode_batch(captions)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       latents = self._generate(self.params, self.frozen, jnp.asarray(tokens), jnp.asarray(mask),
-                               latent_shape, steps, float(guidance), float(shift),
+                               latent_shape, sampler, steps, float(guidance), shift,
                                int(stage_frames), jnp.asarray(seeds, jnp.uint32))
       pieces = [np.asarray(objectives.unit_to_pixels(piece))
                 for piece in self.coder.decode_pieces(latents)]

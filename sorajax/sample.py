@@ -23,6 +23,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "First seed.")
 _OUT = flags.DEFINE_string("out", "samples", "Output folder.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's sample.steps).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the run's sample.guidance).")
+_SAMPLER = flags.DEFINE_string("sampler", None, "euler, heun or dpm_solver_2m (default: the run's "
+                               "sample.sampler).")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
     "run's sample.stage_frames).")
@@ -50,7 +52,7 @@ def main(argv):
       seeds.append(_SEED.value + i)
   videos = generator.generate(captions, seeds, frames=_FRAMES.value, height=_HEIGHT.value,
                               width=_WIDTH.value, steps=_STEPS.value, guidance=_GUIDANCE.value,
-                              stage_frames=_STAGE_FRAMES.value)
+                              stage_frames=_STAGE_FRAMES.value, sampler=_SAMPLER.value)
   os.makedirs(_OUT.value, exist_ok=True)
   records = []
   for index, (caption, seed, video) in enumerate(zip(captions, seeds, videos)):

@@ -88,7 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # ---------------------------------------------------------------------------------------------
   objective = objectives.build_objective(config, mesh)
   objective.prepare(workdir)
-  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_source)
+  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_sources)
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
 
   # ---------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   else:
     target, shardings = state_lib.abstract_state(
         objective.init_params, optimizer, config.train.ema_decay, mesh, rules)
-    state = checkpointer.restore(latest, target, batches.iterator)
+    state = checkpointer.restore(latest, target, batches.iterators)
     print(f"resumed from step {latest} in {workdir}", flush=True)
 
   # ---------------------------------------------------------------------------------------------
@@ -118,28 +118,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # Loop.
   # ---------------------------------------------------------------------------------------------
   num_steps = config.train.num_steps
-  writer = metrics_lib.MetricsWriter(workdir, num_steps)
+  # MFU needs the accelerator's peak: train.peak_tflops per device (0: log achieved TFLOP/s only).
+  peak_flops = config.train.get("peak_tflops", 0.0) * 1e12 * mesh.size
+  writer = metrics_lib.MetricsWriter(workdir, num_steps, peak_flops)
   first_step = int(state.step)
-  last_logged = first_step
+  batches.resume_at(first_step)
+  last_logged, examples, flops = first_step, 0, 0
   stop_requested = []
   previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       for step in range(first_step + 1, num_steps + 1):
         state, metrics = train_step(state, next(batches), frozen, train_rng)
+        examples += batches.last_bucket.batch_size
+        flops += objective.train_flops(batches.last_bucket)
         if metrics_lib.is_time(step, config.train.log_every, num_steps):
           scalars = {name: float(value) for name, value in jax.device_get(metrics).items()}
           metrics_lib.check_finite(scalars["train/loss"], step, last_logged)
           last_logged = step
-          writer.write(step, scalars, config.train.batch_size)
+          writer.write(step, scalars, examples, flops)
+          examples, flops = 0, 0
         if metrics_lib.is_time(step, config.train.get("eval_every", 0), num_steps):
           scores = objective.evaluate(state.inference_params, step, workdir)
           if scores:
             writer.write_eval(step, scores)
-        saved = checkpointer.maybe_save(step, state, batches.iterator)
+        saved = checkpointer.maybe_save(step, state, batches.iterators)
         if stop_requested:  # SIGTERM: save what we have, then exit cleanly
           if not saved:
-            checkpointer.save(step, state, batches.iterator)
+            checkpointer.save(step, state, batches.iterators)
           logging.warning("SIGTERM at step %d: checkpoint saved, exiting", step)
           break
       else:  # the run is complete (also when resumed after its last step)

@@ -207,3 +207,27 @@ def test_motion_term_adds_the_error_of_the_frame_to_frame_change():
   loss, _ = flow.flow_matching_loss(biased_oracle, x0, jax.random.key(2), given=given,
                                     motion_weight=0.5)
   np.testing.assert_allclose(float(loss), 1.0 + 0.5 * 4.0, rtol=1e-5)
+
+
+def test_time_shift_grows_with_sequence_length_and_moves_training_times_to_noise():
+  assert flow.length_shift(3.0, 1000, 0) == 3.0  # no reference: the shift as given
+  np.testing.assert_allclose(flow.length_shift(1.5, 1024, 256), 3.0)  # 4x tokens: 2x shift
+  np.testing.assert_allclose(flow.shift_times(np.array([0.0, 0.5, 1.0]), 3.0), [0.0, 0.75, 1.0])
+  with pytest.raises(ValueError, match="must be >= 0"):
+    flow.length_shift(1.0, 10, -1)
+  x0 = jnp.zeros((4096, 2))
+  predict = lambda x_t, t: jnp.zeros_like(x_t)
+  _, plain = flow.flow_matching_loss(predict, x0, jax.random.key(0))
+  _, shifted = flow.flow_matching_loss(predict, x0, jax.random.key(0), time_shift=3.0)
+  np.testing.assert_allclose(plain["t_mean"], 0.5, atol=0.02)
+  assert float(shifted["t_mean"]) > 0.65
+  seen = []
+  record = lambda x_t, t: seen.append(np.asarray(t)) or jnp.zeros_like(x_t)
+  flow.flow_matching_loss(record, x0, jax.random.key(0), time_sampling="uniform")
+  flow.flow_matching_loss(record, x0, jax.random.key(0))
+  uniform, logit_normal = seen
+  # Uniform times fill (0, 1) evenly: a tenth below 0.1, where logit-normal puts about 1.4%.
+  np.testing.assert_allclose(np.mean(uniform < 0.1), 0.1, atol=0.015)
+  assert np.mean(logit_normal < 0.1) < 0.03
+  with pytest.raises(ValueError, match="valid: logit_normal, uniform"):
+    flow.flow_matching_loss(predict, x0, jax.random.key(0), time_sampling="cosine")

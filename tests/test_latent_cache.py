@@ -63,7 +63,7 @@ def test_dit_loss_from_cached_latents_equals_loss_from_pixels(vae_workdir, tmp_p
   mesh = mesh_lib.make_mesh({"data": 8})
   objective = objectives.build_objective(config, mesh)
   objective.prepare(str(tmp_path))
-  cache = objective.train_source
+  (cache,) = objective.train_sources  # one bucket
   assert len(cache) == 8
   world = pipeline.make_source(config.data, "train", config.seed)
   videos = np.stack([world[i]["video"] for i in range(8)])
@@ -75,7 +75,7 @@ def test_dit_loss_from_cached_latents_equals_loss_from_pixels(vae_workdir, tmp_p
   from_cache, _ = objective.loss(params, objective.frozen, {"latents": cache.latents, **text}, rng, 0)
   np.testing.assert_allclose(float(from_cache), float(from_pixels), rtol=1e-5)
   # The trainer's stream serves the cache as global batches over the mesh's 8 devices.
-  batch = next(pipeline.train_batches(config, mesh, objective.tokenizer, cache))
+  batch = next(pipeline.train_batches(config, mesh, objective.tokenizer, [cache]))
   assert set(batch) == {"latents", "tokens", "token_mask"}
   assert batch["latents"].shape == (8,) + cache.latents.shape[1:]
   assert len(batch["latents"].sharding.device_set) == 8

@@ -76,7 +76,7 @@ def test_cudnn_attention_matches_xla():
 
 def test_unknown_attention_names_valid_ones():
   q = jnp.zeros((1, 2, 1, 4))
-  with pytest.raises(ValueError, match="valid: cudnn, xla"):
+  with pytest.raises(ValueError, match="valid: blockwise, cudnn, splash, xla"):
     attention.attend(q, q, q, implementation="flash9000")
 
 
@@ -432,7 +432,7 @@ def test_joint_text_attention_honours_the_mask_and_per_frame_times():
   params = _perturb(jax.jit(model.init)(KEY, x, t, ctx, mask))
   apply = jax.jit(model.apply)
   base = apply(params, x, t, ctx, mask)
-  assert base.shape == x.shape and "cross_attn" not in params["params"]["block_0"]
+  assert base.shape == x.shape and "cross_attn" not in params["params"]["blocks"]
   padded_changed = ctx.copy()
   padded_changed[0, 4] += 5.0  # example 0 has 3 real tokens: pads are never keys
   np.testing.assert_allclose(apply(params, x, t, padded_changed, mask), base, atol=1e-6)

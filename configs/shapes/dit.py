@@ -31,6 +31,9 @@ def get_config(arg=None):
   config.data.frames = arg.frames
   config.data.height = arg.size
   config.data.width = arg.size
+  # Several clip sizes in one run, "FxHxW:BATCH[@WEIGHT], ..." (data/buckets.py); "" trains only
+  # frames x size x size at train.batch_size.
+  config.data.buckets = ""
   config.data.min_objects = 1
   # The demo's judged prompts have one object each, and 1-3 objects cost the 1000-step demo its color
   # accuracy (bench/RESULTS.md); --config.data.max_objects=3 trains on the whole world.
@@ -48,6 +51,9 @@ def get_config(arg=None):
   config.dit.positions = "rope"  # 3D rotary (or "sincos", added to the patch embeddings)
   config.dit.pooled_text = False  # True: the mean text embedding joins the time in every adaLN
   config.dit.text_attention = "cross"  # "joint": text tokens join the self-attention (MMDiT-like)
+  # What the backward pass keeps of each block: none | full | dots | dots_no_batch (models/dit.py).
+  config.dit.remat = "none"
+  config.dit.scan_unroll = 1  # blocks per scan iteration; 0 unrolls the whole depth
 
   config.text = ml_collections.ConfigDict()
   config.text.hidden = 128
@@ -55,6 +61,7 @@ def get_config(arg=None):
   config.text.num_heads = 4
 
   config.flow = ml_collections.ConfigDict()
+  config.flow.time_sampling = "logit_normal"  # or "uniform"
   config.flow.logit_mean = 0.0
   config.flow.logit_std = 1.0
   config.flow.caption_dropout = 0.1
@@ -71,9 +78,15 @@ def get_config(arg=None):
   # makes the demo read its direction words by 1000 steps; 0 leaves them unread until ~2000, and
   # 8.0 costs color (bench/RESULTS.md, fourth round).
   config.flow.motion_weight = 2.0
+  # Training times go through SD3's shift t -> s t / (1 + (s - 1) t); with shift_reference_tokens
+  # > 0, s (and sample.shift) apply at that many tokens and grow with sqrt(tokens / reference), so
+  # larger clips, whose many tokens keep more signal at a given noise level, see more noise.
+  config.flow.time_shift = 1.0
+  config.flow.shift_reference_tokens = 0
   config.flow.latent_stats_batches = 8  # batches used to measure the VAE latents' mean and std
 
   config.sample = ml_collections.ConfigDict()
+  config.sample.sampler = "euler"  # euler | heun | dpm_solver_2m (diffusion/samplers.py)
   config.sample.steps = 30
   config.sample.guidance = 4.0
   config.sample.shift = 1.0  # >1 spends more sampler steps at high noise (SD3's time shift)
@@ -90,6 +103,9 @@ def get_config(arg=None):
   config.train.grad_clip = 1.0
   config.train.ema_decay = 0.995
   config.train.log_every = 50
+  # Peak TFLOP/s of one device, for MFU in the logs (0: log achieved TFLOP/s only); e.g. 989 for an
+  # H100's dense bfloat16, 459 for a TPU v5p chip.
+  config.train.peak_tflops = 0.0
   config.train.checkpoint_every = 200
   config.train.keep_checkpoints = 2
   return config

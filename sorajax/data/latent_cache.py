@@ -68,9 +68,10 @@ def encode_source(encode_batch: Callable[[np.ndarray], np.ndarray], source, indi
   return LatentCache(np.concatenate(latents).astype(np.float32), np.asarray(captions))
 
 
-def _path(workdir: str) -> str:
+def _path(workdir: str, name: str = "") -> str:
+  prefix = f"{name}_" if name else ""
   return os.path.join(workdir, CACHE_DIR,
-                      f"process_{jax.process_index()}_of_{jax.process_count()}.npz")
+                      f"{prefix}process_{jax.process_index()}_of_{jax.process_count()}.npz")
 
 
 def _load(path: str, fingerprint: str) -> LatentCache | None:
@@ -84,16 +85,17 @@ def _load(path: str, fingerprint: str) -> LatentCache | None:
 
 def load_or_build(workdir: str, source, num_examples: int,
                   encode_batch: Callable[[np.ndarray], np.ndarray], fingerprint: dict,
-                  batch_size: int = 64) -> LatentCache:
+                  batch_size: int = 64, name: str = "") -> LatentCache:
   """This process's share of the cache: loaded from `workdir` if its fingerprint matches, else
-  encoded now and saved there. `fingerprint` (JSON-able) names everything the latents depend on."""
+  encoded now and saved there. `fingerprint` (JSON-able) names everything the latents depend on;
+  `name` tells apart the caches of one run's buckets."""
   if num_examples > len(source):
     raise ValueError(f"data.latent_cache={num_examples} exceeds the {len(source)} clips of the "
                      f"training source; use at most {len(source)}")
   share = process_share(num_examples, jax.process_index(), jax.process_count())
   fingerprint = json.dumps(dict(fingerprint, num_examples=num_examples,
                                 share=[share.start, share.stop]), sort_keys=True)
-  path = _path(workdir)
+  path = _path(workdir, name)
   cache = _load(path, fingerprint)
   if cache is not None:
     return cache

@@ -3,6 +3,8 @@
 Each process reads its own shard of the index space (ShardByJaxProcess) and builds a per-process
 batch; `GlobalBatches` stitches those into arrays sharded over the mesh's data-parallel axes.
 The grain iterator's state is checkpointed with the model, so a resumed run sees the same stream.
+With several buckets (data/buckets.py), each bucket has its own stream and iterator, and the step
+number picks which one feeds each step.
 """
 from __future__ import annotations
 
@@ -14,17 +16,21 @@ import ml_collections
 import numpy as np
 
 from sorajax.configuration import ConfigError
+from sorajax.data import buckets as buckets_lib
 from sorajax.data import shapes
 from sorajax.parallel import mesh as mesh_lib
 
 SOURCES = ("shapes",)
 
 
-def make_source(data: ml_collections.ConfigDict, split: str, seed: int):
-  """The random-access source named by `data.source`."""
+def make_source(data: ml_collections.ConfigDict, split: str, seed: int,
+                size: tuple[int, int, int] | None = None):
+  """The random-access source named by `data.source`, at `size` (frames, height, width) or the
+  config's data.frames/height/width."""
+  frames, height, width = size or (data.frames, data.height, data.width)
   if data.source == "shapes":
     return shapes.ShapesWorld(
-        frames=data.frames, height=data.height, width=data.width, split=split,
+        frames=frames, height=height, width=width, split=split,
         min_objects=data.min_objects, max_objects=data.max_objects, seed=seed)
   raise ConfigError(f"data.source={data.source!r} is unknown; valid: {', '.join(SOURCES)}")
 
@@ -43,14 +49,14 @@ class EncodeExample(grain.MapTransform):
     return out
 
 
-def per_process_batch_size(global_batch_size: int, mesh) -> int:
+def per_process_batch_size(global_batch_size: int, mesh, what: str = "train.batch_size") -> int:
   data_parallel = mesh_lib.data_parallel_size(mesh)
   if global_batch_size % data_parallel:
     raise ConfigError(
-        f"train.batch_size={global_batch_size} does not divide over {data_parallel} data-parallel "
+        f"{what}={global_batch_size} does not divide over {data_parallel} data-parallel "
         f"devices; use a multiple of {data_parallel}")
   if global_batch_size % jax.process_count():
-    raise ConfigError(f"train.batch_size={global_batch_size} does not divide over "
+    raise ConfigError(f"{what}={global_batch_size} does not divide over "
                       f"{jax.process_count()} processes")
   return global_batch_size // jax.process_count()
 
@@ -91,14 +97,57 @@ class GlobalBatches:
             for name, value in local.items()}
 
 
+class BucketedBatches:
+  """The training stream over several buckets: step n's batch comes from bucket
+  `buckets.draw(buckets, seed, n)`. `iterators` (name -> grain iterator) is what checkpoints save;
+  a resumed run calls `resume_at(step)` so the draws continue where they stopped."""
+
+  def __init__(self, streams: list[GlobalBatches], buckets: list[buckets_lib.Bucket], seed: int):
+    self.streams, self.buckets, self._seed = streams, buckets, seed
+    self._step = 0
+    self.last_bucket = None  # the bucket of the batch `next` returned last
+
+  @property
+  def iterators(self) -> dict:
+    # The first stream keeps the name single-size runs have always saved it under.
+    return {("data" if i == 0 else f"data_{b.name}"): stream.iterator
+            for i, (stream, b) in enumerate(zip(self.streams, self.buckets))}
+
+  def resume_at(self, step: int) -> None:
+    self._step = step
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    self._step += 1
+    index = buckets_lib.draw(self.buckets, self._seed, self._step)
+    self.last_bucket = self.buckets[index]
+    return next(self.streams[index])
+
+
+def train_buckets(config: ml_collections.ConfigDict) -> list[buckets_lib.Bucket]:
+  try:
+    return buckets_lib.from_config(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
 def train_batches(config: ml_collections.ConfigDict, mesh, tokenizer=None,
-                  local_source=None) -> GlobalBatches:
-  """The training stream the trainer consumes: from `local_source` (this process's examples, e.g.
-  a latent cache) if given, else from the configured source sharded over processes."""
-  source = local_source if local_source is not None else make_source(config.data, "train",
-                                                                      config.seed)
-  loader = make_loader(source, batch_size=per_process_batch_size(config.train.batch_size, mesh),
-                       seed=config.seed, tokenizer=tokenizer,
-                       worker_count=config.data.worker_count,
-                       process_local=local_source is not None)
-  return GlobalBatches(loader, mesh)
+                  local_sources: list | None = None) -> BucketedBatches:
+  """The training stream the trainer consumes, one grain stream per bucket: from `local_sources`
+  (per bucket, this process's examples, e.g. latent caches) if given, else from the configured
+  source at each bucket's size, sharded over processes."""
+  buckets = train_buckets(config)
+  streams = []
+  for i, bucket in enumerate(buckets):
+    local = None if local_sources is None else local_sources[i]
+    source = local if local is not None else make_source(config.data, "train", config.seed,
+                                                         bucket.size)
+    what = "train.batch_size" if len(buckets) == 1 else f"the batch of bucket {bucket.name}"
+    loader = make_loader(source, batch_size=per_process_batch_size(bucket.batch_size, mesh, what),
+                         seed=config.seed + i, tokenizer=tokenizer,
+                         worker_count=config.data.worker_count,
+                         process_local=local is not None)
+    streams.append(GlobalBatches(loader, mesh))
+  return BucketedBatches(streams, buckets, config.seed)

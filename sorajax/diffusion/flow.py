@@ -20,10 +20,32 @@ import jax
 import jax.numpy as jnp
 
 
+# "logit_normal": t = sigmoid(Normal(mean, std)), most steps mid-path (SD3); "uniform": t ~ U(0, 1),
+# the original rectified flow.
+TIME_SAMPLING = ("logit_normal", "uniform")
+
+
 def sample_timesteps(rng: jax.Array, batch: int, logit_mean: float = 0.0,
                      logit_std: float = 1.0) -> jax.Array:
   """t = sigmoid(n), n ~ Normal(logit_mean, logit_std): shape (batch,), strictly inside (0, 1)."""
   return jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, (batch,)))
+
+
+def shift_times(t, shift: float):
+  """SD3's time shift, t -> shift * t / (1 + (shift - 1) * t), for numpy or jax arrays: both ends
+  stay fixed and shift > 1 moves times towards noise."""
+  return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def length_shift(shift: float, num_tokens: int, reference_tokens: int) -> float:
+  """The time shift for a sequence of `num_tokens`: `shift` at `reference_tokens`, growing with the
+  square root of the length (SD3's resolution rule: n times more tokens of the same content keep
+  about sqrt(n) times more signal at a given noise level); reference_tokens 0 means no scaling."""
+  if shift <= 0:
+    raise ValueError(f"shift={shift} must be positive")
+  if reference_tokens < 0:
+    raise ValueError(f"shift_reference_tokens={reference_tokens} must be >= 0 (0: no scaling)")
+  return shift if reference_tokens == 0 else shift * (num_tokens / reference_tokens) ** 0.5
 
 
 def check_frame_correlation(correlation: float) -> None:
@@ -79,7 +101,10 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
                        given: jax.Array | None = None,
                        frame_correlation: float = 0.0,
                        contrast_weight: float = 0.0,
-                       motion_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                       motion_weight: float = 0.0,
+                       time_shift: float = 1.0,
+                       time_sampling: str = "logit_normal",
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean squared velocity error; `predict_velocity(x_t, t)` closes over the conditioning.
 
   x0 is (B, T, ...). `given` (B, T) bool marks frames handed to the model clean; they are not
@@ -91,10 +116,18 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   `motion_weight` > 0 adds that much of the squared error of the frame-to-frame change (the error's
   difference between consecutive generated frames): a positive quadratic form in the error, so the
   best predictor stays the same, but motion, which a per-value error weighs little next to
-  appearance, gets a larger share of the gradient.
+  appearance, gets a larger share of the gradient. Training times come from `time_sampling`
+  (TIME_SAMPLING), then `shift_times(t, time_shift)`.
   """
   time_rng, noise_rng = jax.random.split(rng)
-  t = sample_timesteps(time_rng, x0.shape[0], logit_mean, logit_std)
+  if time_sampling not in TIME_SAMPLING:
+    raise ValueError(f"flow.time_sampling={time_sampling!r} is unknown; valid: "
+                     f"{', '.join(TIME_SAMPLING)}")
+  if time_sampling == "uniform":
+    t = jax.random.uniform(time_rng, (x0.shape[0],))
+  else:
+    t = sample_timesteps(time_rng, x0.shape[0], logit_mean, logit_std)
+  t = shift_times(t, time_shift)
   noise = frame_noise(noise_rng, x0.shape, frame_correlation, dtype=x0.dtype)
   times = t if given is None else frame_times(t, given)  # a clip-level t keeps the model's cheap path
   prediction = predict_velocity(interpolate(x0, noise, times), times).astype(jnp.float32)

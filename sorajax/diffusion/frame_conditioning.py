@@ -57,6 +57,11 @@ def check_probabilities(probabilities: Mapping[str, float], frames: int) -> None
                      "(the rest of the batch is generated from text alone)")
 
 
+def usable(probabilities: Mapping[str, float], frames: int) -> dict[str, float]:
+  """The modes a clip of `frames` latent frames can take (a one-frame image takes none)."""
+  return {m: p for m, p in probabilities.items() if frames >= _MIN_FRAMES[m]}
+
+
 def sample_given(rng: jax.Array, batch: int, frames: int,
                  probabilities: Mapping[str, float]) -> jax.Array:
   """(batch, frames) bool: per example, the frames of the mode it drew (none: all False)."""

@@ -1,10 +1,16 @@
-"""Samplers that integrate the learned velocity field from noise (t=1) back to data (t=0)."""
+"""Samplers that integrate the learned velocity field from noise (t=1) back to data (t=0).
+
+Euler (first order, one model call per step), Heun (second order, two calls per step) and
+DPM-Solver++(2M) (second order from the previous step's prediction, one call per step). All share
+one signature and one time grid, so a config names the sampler and the step count separately.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sorajax.diffusion import flow
 
@@ -13,16 +19,18 @@ from sorajax.diffusion import flow
 VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def time_grid(steps: int, shift: float = 1.0) -> jax.Array:
-  """Times 1 -> 0 (steps + 1 points): uniform, then warped by SD3's shift.
+def time_grid(steps: int, shift: float = 1.0) -> np.ndarray:
+  """Times 1 -> 0 (steps + 1 float32 points, computed on the host): uniform, then warped by SD3's
+  shift.
 
   t -> shift * t / (1 + (shift - 1) * t) keeps both ends fixed; shift > 1 spends more steps at high
   noise, where the layout and the motion of a clip are decided.
   """
   if shift <= 0:
     raise ValueError(f"shift={shift} must be positive")
-  t = jnp.linspace(1.0, 0.0, steps + 1)
-  return shift * t / (1.0 + (shift - 1.0) * t)
+  if steps < 1:
+    raise ValueError(f"steps={steps} must be at least 1")
+  return flow.shift_times(np.linspace(1.0, 0.0, steps + 1), shift).astype(np.float32)
 
 
 def guided_velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
@@ -41,31 +49,126 @@ def guided_velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
   return unconditional + guidance * (conditional - unconditional)
 
 
+def _clean_frames(noise, given, given_latents):
+  """Start point and the (batch, frames, 1, ...) mask of frames held clean, or (noise, None)."""
+  if (given is None) != (given_latents is None):
+    raise ValueError("pass both given and given_latents, or neither")
+  if given is None:
+    return noise, None
+  if given.shape != noise.shape[:2] or given_latents.shape != noise.shape:
+    raise ValueError(f"given {given.shape} / given_latents {given_latents.shape} must be "
+                     f"{noise.shape[:2]} / {noise.shape}")
+  keep = given.reshape(given.shape + (1,) * (noise.ndim - 2))
+  return jnp.where(keep, given_latents, noise), keep
+
+
+def _velocity_at(velocity_fn, x, t, guidance, given):
+  """Guided velocity at the clip time t (a scalar); given frames are seen at t=0."""
+  times = jnp.full((x.shape[0],), t, x.dtype)
+  if given is not None:
+    times = flow.frame_times(times, given)
+  return guided_velocity(velocity_fn, x, times, guidance)
+
+
 def euler(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
           shift: float = 1.0, given: jax.Array | None = None,
           given_latents: jax.Array | None = None) -> jax.Array:
-  """First-order integration of dx/dt = v from t=1 to t=0 under `lax.fori_loop`.
+  """First-order integration of dx/dt = v from t=1 to t=0 under `lax.fori_loop`; one velocity
+  call per step.
 
   With `given` (batch, frames) bool, those frames of `given_latents` (shaped like `noise`) are held
   clean at t=0 throughout while the others are generated around them.
   """
-  grid = time_grid(steps, shift)
-  batch = noise.shape[0]
-  if (given is None) != (given_latents is None):
-    raise ValueError("pass both given and given_latents, or neither")
-  if given is not None:
-    if given.shape != noise.shape[:2] or given_latents.shape != noise.shape:
-      raise ValueError(f"given {given.shape} / given_latents {given_latents.shape} must be "
-                       f"{noise.shape[:2]} / {noise.shape}")
-    keep = given.reshape(given.shape + (1,) * (noise.ndim - 2))
-    noise = jnp.where(keep, given_latents, noise)
+  grid = jnp.asarray(time_grid(steps, shift))
+  x, keep = _clean_frames(noise, given, given_latents)
 
   def body(i, x):
     t, t_next = grid[i], grid[i + 1]
-    times = jnp.full((batch,), t, x.dtype)
-    if given is not None:
-      times = flow.frame_times(times, given)
-    x_next = x + (t_next - t) * guided_velocity(velocity_fn, x, times, guidance)
-    return x_next if given is None else jnp.where(keep, x, x_next)
+    x_next = x + (t_next - t) * _velocity_at(velocity_fn, x, t, guidance, given)
+    return x_next if keep is None else jnp.where(keep, x, x_next)
 
-  return jax.lax.fori_loop(0, steps, body, noise)
+  return jax.lax.fori_loop(0, steps, body, x)
+
+
+def heun(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
+         shift: float = 1.0, given: jax.Array | None = None,
+         given_latents: jax.Array | None = None) -> jax.Array:
+  """Second-order trapezoidal steps (Heun, as in EDM): an Euler guess, then the mean of the
+  velocities at both ends. The last step, into t=0, stays Euler: 2 * steps - 1 velocity calls."""
+  grid = jnp.asarray(time_grid(steps, shift))
+  x, keep = _clean_frames(noise, given, given_latents)
+  hold = (lambda old, new: new) if keep is None else (lambda old, new: jnp.where(keep, old, new))
+
+  def body(i, x):
+    t, t_next = grid[i], grid[i + 1]
+    v = _velocity_at(velocity_fn, x, t, guidance, given)
+    guess = hold(x, x + (t_next - t) * v)
+    v_next = _velocity_at(velocity_fn, guess, t_next, guidance, given)
+    return hold(x, x + (t_next - t) * 0.5 * (v + v_next))
+
+  x = jax.lax.fori_loop(0, steps - 1, body, x)
+  v = _velocity_at(velocity_fn, x, grid[steps - 1], guidance, given)
+  return hold(x, x + (grid[steps] - grid[steps - 1]) * v)
+
+
+def _dpm_solver_2m_coefficients(steps: int, shift: float) -> np.ndarray:
+  """(steps, 4) float64 rows (a, b, c_now, c_before): x_next = a x + b D, D = c_now x0_now +
+  c_before x0_before, for DPM-Solver++(2M) (Lu et al. 2022) on the path alpha = 1 - t, sigma = t.
+
+  With lambda = log(alpha / sigma) and h the step in lambda, the exact exponential-integrator step
+  for a constant data prediction D is x_next = (sigma'/sigma) x + alpha' (1 - e^-h) D, and
+  e^-h = sigma' alpha / (alpha' sigma), so a and b stay finite at t=1 and t=0. The second-order D
+  extrapolates the last two data predictions by r = h_before / h; steps whose h (or h_before) is
+  infinite, the first two and the last, take first-order D = x0_now.
+  """
+  t = time_grid(steps, shift).astype(np.float64)  # exactly 1 and 0 at the ends
+  with np.errstate(divide="ignore"):
+    lam = np.log1p(-t) - np.log(t)
+  h = np.diff(lam)
+  rows = []
+  for i in range(steps):
+    a = t[i + 1] / t[i]
+    b = (1.0 - t[i + 1]) - t[i + 1] * (1.0 - t[i]) / t[i]
+    c_now, c_before = 1.0, 0.0
+    if i > 0 and np.isfinite(h[i - 1]) and np.isfinite(h[i]):
+      half_inverse_r = 0.5 * h[i] / h[i - 1]
+      c_now, c_before = 1.0 + half_inverse_r, -half_inverse_r
+    rows.append((a, b, c_now, c_before))
+  return np.asarray(rows)
+
+
+def dpm_solver_2m(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
+                  shift: float = 1.0, given: jax.Array | None = None,
+                  given_latents: jax.Array | None = None) -> jax.Array:
+  """DPM-Solver++(2M): a multistep second-order solver that reuses the previous step's data
+  prediction x0 = x - t v, so it costs one velocity call per step, like Euler."""
+  table = jnp.asarray(_dpm_solver_2m_coefficients(steps, shift), jnp.float32)
+  grid = jnp.asarray(time_grid(steps, shift))
+  x, keep = _clean_frames(noise, given, given_latents)
+
+  def body(i, carry):
+    x, x0_before = carry
+    t = grid[i]
+    x0_now = x - t * _velocity_at(velocity_fn, x, t, guidance, given)
+    a, b, c_now, c_before = table[i]
+    x_next = a * x + b * (c_now * x0_now + c_before * x0_before)
+    return (x_next if keep is None else jnp.where(keep, x, x_next)), x0_now
+
+  x, _ = jax.lax.fori_loop(0, steps, body, (x, jnp.zeros_like(x)))
+  return x
+
+
+SAMPLERS = {"euler": euler, "heun": heun, "dpm_solver_2m": dpm_solver_2m}
+
+
+def get_sampler(name: str):
+  """The sampler function for a config name (all share `euler`'s signature)."""
+  if name not in SAMPLERS:
+    raise ValueError(f"sampler={name!r} is unknown; valid: {', '.join(SAMPLERS)}")
+  return SAMPLERS[name]
+
+
+def velocity_calls(name: str, steps: int) -> int:
+  """Model evaluations per sample (each a doubled batch under guidance): Heun needs two per step
+  but one in its last."""
+  return 2 * steps - 1 if name == "heun" else steps

@@ -25,6 +25,15 @@ Dtype = layers.Dtype
 POSITIONS = ("rope", "sincos", "rope+sincos")
 TEXT_ATTENTION = ("cross", "joint")
 _zeros = nn.initializers.zeros
+# Remat policies by name: "none" keeps every activation; "full" keeps only each block's input;
+# "dots" keeps matmul outputs and recomputes the elementwise ops between them; "dots_no_batch"
+# keeps only the weight matmuls' outputs, so attention's (batched) logits are recomputed.
+REMAT_POLICIES = {
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_saveable,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _sincos_1d(positions: np.ndarray, dim: int) -> np.ndarray:
@@ -98,8 +107,15 @@ class DiTBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cond, context, context_mask, rope_angles=None):
-    """cond (B, F, hidden): the time embedding for the whole clip (F=1) or per token frame."""
+  def __call__(self, carry, cond, context, context_mask, rope_angles=None):
+    """One step of the block stack, shaped for `nn.scan`: returns (carry, None).
+
+    carry is the video tokens (B, N, hidden), or the pair (video, text tokens) with `joint_text`;
+    cond (B, F, hidden) is the time embedding for the whole clip (F=1) or per token frame.
+    """
+    x = carry
+    if self.joint_text:
+      x, context = carry
     # One projection gives shift/scale/gate for both branches; zero init makes the block identity.
     # Its 6*hidden output dim is sharded like an MLP hidden dim.
     mod = layers.Dense(
@@ -147,7 +163,7 @@ class DiTBlock(nn.Module):
     h = _modulate(plain_norm("norm2")(x), shift2, scale2)
     h = layers.MLP(int(self.hidden * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
     x = layers.constrain(x + gate2 * h, layers.TOKENS)
-    return (x[:, :num_video], x[:, num_video:]) if self.joint_text else x
+    return ((x[:, :num_video], x[:, num_video:]) if self.joint_text else x), None
 
 
 class DiT(nn.Module):
@@ -170,7 +186,58 @@ class DiT(nn.Module):
   # "cross": video tokens cross-attend to the text in every block; "joint": text tokens join the
   # self-attention sequence instead (see DiTBlock).
   text_attention: str = "cross"
+  # What the backward pass keeps from the forward pass of each block (REMAT_POLICIES).
+  remat: str = "none"
+  # Blocks per iteration of the scan loop; 0 unrolls it fully (one long program, which XLA may
+  # schedule better and whose cost analysis then counts every block).
+  scan_unroll: int = 1
   dtype: Dtype = jnp.float32
+
+  def forward_flops(self, latent_shape: tuple[int, ...], text_length: int, text_width: int,
+                    per_frame_times: bool = False) -> int:
+    """Matmul and attention FLOPs (2 per multiply-add) of one example's forward pass.
+
+    latent_shape is (T, H, W, C). Elementwise work (norms, activations, softmax, rotary) is left
+    out, as in the usual MFU accounting; a training step costs about 3x this (forward + backward).
+    """
+    pt, ph, pw = self.patch
+    t, h, w, c = latent_shape
+    n = (t // pt) * (h // ph) * (w // pw)  # video tokens
+    d, m, length = self.hidden, int(self.hidden * self.mlp_ratio), text_length
+    cond_rows = t // pt if per_frame_times else 1  # rows of time embedding that get projected
+    dense = lambda rows, fan_in, fan_out: 2 * rows * fan_in * fan_out
+    if self.text_attention == "joint":
+      s = n + length
+      block = 4 * dense(s, d, d) + 2 * 2 * s * s * d + dense(s, d, m) + dense(s, m, d)
+    else:
+      block = (4 * dense(n, d, d) + 2 * 2 * n * n * d  # self-attention
+               + 2 * dense(n, d, d) + 2 * dense(length, text_width, d)  # cross: q, out | k, v
+               + 2 * 2 * n * length * d  # cross-attention scores and values
+               + dense(n, d, m) + dense(n, m, d))
+    block += dense(cond_rows, d, 6 * d)  # adaLN modulation
+    total = self.depth * block
+    total += dense(n, pt * ph * pw * c, d) + dense(n, d, pt * ph * pw * self.out_channels)
+    total += dense(cond_rows, 256, d) + dense(cond_rows, d, d) + dense(cond_rows, d, 2 * d)
+    if self.text_attention == "joint":
+      total += dense(length, text_width, d)
+    if self.pooled_text:
+      total += dense(1, text_width, d) + dense(1, d, d)
+    return int(total)
+
+  def _block_stack(self) -> type[nn.Module]:
+    """`depth` DiTBlocks as one `nn.scan`: each parameter gains a leading "layers" axis of size
+    depth, and the block is traced and compiled once whatever the depth. Under remat the backward
+    pass recomputes what the policy does not save, trading FLOPs for activation memory."""
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r} is unknown; valid: {', '.join(REMAT_POLICIES)}")
+    block = DiTBlock
+    if self.remat != "none":
+      # prevent_cse=False is safe under scan, whose loop already keeps XLA from merging the
+      # recomputation with the forward pass.
+      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+    return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=(nn.broadcast,) * 4, length=self.depth, unroll=self.scan_unroll or self.depth,
+                   metadata_params={nn.PARTITION_NAME: "layers"})
 
   def _grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) != 5:
@@ -223,13 +290,11 @@ class DiT(nn.Module):
     text = None
     if joint:  # the text stream, in the DiT's width
       text = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype, name="text_embed")(context)
-    for i in range(self.depth):
-      block = DiTBlock(self.hidden, self.num_heads, self.mlp_ratio, self.attention, joint,
-                       self.dtype, name=f"block_{i}")
-      if joint:
-        h, text = block(h, cond, text, context_mask, rope_angles)
-      else:
-        h = block(h, cond, context, context_mask, rope_angles)
+    carry, context = ((h, text), None) if joint else (h, context)
+    carry, _ = self._block_stack()(self.hidden, self.num_heads, self.mlp_ratio, self.attention,
+                                   joint, self.dtype, name="blocks")(
+        carry, cond, context, context_mask, rope_angles)
+    h = carry[0] if joint else carry
     # Final adaLN layer and zero-initialised projection back to patches.
     mod = layers.Dense(
       2 * self.hidden,

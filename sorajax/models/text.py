@@ -99,6 +99,12 @@ class TextEncoder(nn.Module):
   attention: str = "xla"
   dtype: layers.Dtype = jnp.float32
 
+  def forward_flops(self, length: int) -> int:
+    """Matmul and attention FLOPs of one caption's forward pass (see DiT.forward_flops)."""
+    d = self.hidden
+    per_layer = 2 * length * d * d * 4 + 2 * 2 * length * length * d + 2 * 2 * length * d * 4 * d
+    return int(self.depth * per_layer)
+
   @nn.compact
   def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
     length = ids.shape[-1]

@@ -56,6 +56,7 @@ DEFAULT_LOGICAL_RULES = (
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
     ("norm", None),
+    ("layers", None),  # the stacked-blocks axis of scanned parameters
 )
 
 

@@ -33,22 +33,23 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def maybe_save(self, step: int, state, data_iterator=None) -> bool:
+  def maybe_save(self, step: int, state, data_iterators=None) -> bool:
     """Saves when it is time (the shared `is_time` rule) or when the job is being preempted."""
     if is_time(step, self._every, self._last_step) or self._manager.reached_preemption(step):
-      return self.save(step, state, data_iterator)
+      return self.save(step, state, data_iterators)
     return False
 
-  def save(self, step: int, state, data_iterator=None) -> bool:
+  def save(self, step: int, state, data_iterators=None) -> bool:
+    """`data_iterators`: {item name: grain iterator}, one per input stream, saved beside the state."""
     items = {"state": ocp.args.StandardSave(state)}
-    if data_iterator is not None:
-      items["data"] = grain.PyGrainCheckpointSave(data_iterator)
+    for name, iterator in (data_iterators or {}).items():
+      items[name] = grain.PyGrainCheckpointSave(iterator)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, step: int, abstract_state, data_iterator=None):
+  def restore(self, step: int, abstract_state, data_iterators=None):
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-      items["data"] = grain.PyGrainCheckpointRestore(data_iterator)
+    for name, iterator in (data_iterators or {}).items():
+      items[name] = grain.PyGrainCheckpointRestore(iterator)
     # Compare shapes first: a failed restore leaves orbax's async reads to fail noisily later.
     mismatch = self._mismatch(step, abstract_state)
     if mismatch is None:

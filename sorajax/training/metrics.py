@@ -16,8 +16,8 @@ def is_time(step: int, every: int, last_step: int | None = None) -> bool:
 class MetricsWriter:
   """TensorBoard event files under workdir/tensorboard plus one console line per log."""
 
-  def __init__(self, workdir: str, total_steps: int):
-    self._total = total_steps
+  def __init__(self, workdir: str, total_steps: int, peak_flops: float = 0.0):
+    self._total, self._peak_flops = total_steps, peak_flops
     self._writer = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -25,19 +25,28 @@ class MetricsWriter:
     self._last_time = time.perf_counter()
     self._last_step = None
 
-  def write(self, step: int, scalars: dict[str, float], examples_per_step: int) -> None:
+  def write(self, step: int, scalars: dict[str, float], examples: int,
+            flops: int = 0) -> dict[str, float]:
+    """`examples` and `flops`: what the steps since the previous write trained on and computed
+    (buckets differ). FLOPs give TFLOP/s, and MFU against the peak the writer was given. Returns
+    the scalars written."""
     now = time.perf_counter()
     if self._last_step is not None and step > self._last_step:
-      step_time = (now - self._last_time) / (step - self._last_step)
-      scalars = dict(scalars, **{"perf/step_time": step_time,
-                                 "perf/examples_per_s": examples_per_step / step_time})
+      elapsed = now - self._last_time
+      scalars = dict(scalars, **{"perf/step_time": elapsed / (step - self._last_step),
+                                 "perf/examples_per_s": examples / elapsed})
+      if flops:
+        scalars["perf/tflops_per_s"] = flops / elapsed / 1e12
+        if self._peak_flops:
+          scalars["perf/mfu"] = flops / elapsed / self._peak_flops
     self._last_time, self._last_step = now, step
     if self._writer is None:
-      return
+      return scalars
     for name, value in scalars.items():
       self._writer.add_scalar(name, value, step)
     self._writer.flush()
     print(self._console_line(step, scalars), flush=True)
+    return scalars
 
   def write_eval(self, step: int, scalars: dict[str, float]) -> None:
     """Evaluation scalars: to TensorBoard and one console line, outside the train-speed clock."""
@@ -59,6 +68,8 @@ class MetricsWriter:
       eta = step_time * (self._total - step)
       parts.append(f"{1 / step_time:.2f} steps/s")
       parts.append(f"{scalars['perf/examples_per_s']:.1f} examples/s")
+      if "perf/mfu" in scalars:
+        parts.append(f"MFU {100 * scalars['perf/mfu']:.1f}%")
       parts.append(f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
     return " | ".join(parts)
 

@@ -6,6 +6,8 @@ An objective owns its model(s) and exposes
   frozen                a pytree of fixed inputs to the loss (e.g. a trained VAE), passed to the step
   loss(params, frozen, batch, rng, step) -> (scalar loss, dict of scalar metrics)
   model_params(params)  the weights inference needs, out of the trained parameters
+  train_flops(bucket)   analytic matmul FLOPs of one training step on a bucket's global batch (0 if
+                        not counted), for the throughput and MFU logs
   prepare(workdir)      one-off work before training (e.g. measuring latent statistics)
   evaluate(params, step, workdir) -> dict of "eval/..." scalars; every train.eval_every steps and
                         at the last step
@@ -90,7 +92,7 @@ class VAEObjective:
 
   tokenizer = None
   frozen = {}
-  train_source = None  # the pipeline renders its own
+  train_sources = None  # the pipeline renders its own
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     del mesh
@@ -125,6 +127,10 @@ class VAEObjective:
     if self.discriminator is not None:
       params["discriminator"] = self.discriminator.init(disc_rng, video)["params"]
     return params
+
+  def train_flops(self, bucket) -> int:
+    del bucket
+    return 0  # convolutions are not counted
 
   def model_params(self, params):
     """The VAE's own weights (what encoding and decoding need) out of the trained parameters."""
@@ -252,15 +258,27 @@ class DiTObjective:
     self.spatial_factor = self.vae_config.vae.spatial_factor
     self.latent_channels = self.vae_config.vae.latent_channels
     self.check_shape(d.frames, d.height, d.width)
-    # Runs saved before frame conditioning have no flow.given_frames: text-only training.
+    self.buckets = pipeline.train_buckets(config)
+    for bucket in self.buckets:
+      self.check_shape(*bucket.size)
+    # Runs saved before frame conditioning have no flow.given_frames: text-only training. A mode
+    # needs the longest bucket to have room for it; shorter buckets (images) train without it.
     self.given_frames = {m: float(p) for m, p in config.flow.get("given_frames", {}).items()}
     _checked(frame_conditioning.check_probabilities, self.given_frames,
-             self.latent_shape(d.frames, d.height, d.width)[0])
+             max(self.latent_shape(*b.size)[0] for b in self.buckets))
     # Runs saved before correlated noise have no flow.frame_noise_correlation: i.i.d. noise.
     self.frame_noise_correlation = float(config.flow.get("frame_noise_correlation", 0.0))
     _checked(flow.check_frame_correlation, self.frame_noise_correlation)
     self.motion_weight = float(config.flow.get("motion_weight", 0.0))  # 0 in runs saved before it
     _checked(flow.check_motion_weight, self.motion_weight)
+    # Runs saved before the time shift trained on unshifted logit-normal times.
+    self.time_sampling = config.flow.get("time_sampling", "logit_normal")
+    if self.time_sampling not in flow.TIME_SAMPLING:
+      raise ConfigError(f"flow.time_sampling={self.time_sampling!r} is unknown; valid: "
+                        f"{', '.join(flow.TIME_SAMPLING)}")
+    self.shift_reference_tokens = int(config.flow.get("shift_reference_tokens", 0))
+    _checked(flow.length_shift, float(config.flow.get("time_shift", 1.0)), 1,
+             self.shift_reference_tokens)
     self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(), d.text_max_length)
     self.null_tokens = self.tokenizer.encode("")
     self.denoiser = TextToVideo(
@@ -272,15 +290,25 @@ class DiTObjective:
                             positions=config.dit.get("positions", "sincos"),  # runs saved before rope
                             pooled_text=config.dit.get("pooled_text", False),
                             text_attention=config.dit.get("text_attention", "cross"),
+                            remat=config.dit.get("remat", "none"),
+                            scan_unroll=config.dit.get("scan_unroll", 1),
                             dtype=_dtype(config)))
     self.frozen = {"vae": vae_params, "latent_mean": None, "latent_std": None}
-    self.train_source = None  # set by `prepare` when data.latent_cache > 0
+    self.train_sources = None  # per bucket, set by `prepare` when data.latent_cache > 0
 
   def check_shape(self, frames: int, height: int, width: int) -> None:
     """Pixels must fit the VAE's factors and the latent grid the DiT's patch."""
     pt, ph, pw = self.config.dit.patch
     _checked(factors.check_video_shape, frames, height, width, self.temporal_factor,
              self.spatial_factor * max(ph, pw), pt)
+
+  def num_tokens(self, latent_shape: tuple[int, ...]) -> int:
+    """DiT tokens per clip of latents (T, H, W, C)."""
+    return int(np.prod([n // p for n, p in zip(latent_shape[:3], self.config.dit.patch)]))
+
+  def time_shift(self, base_shift: float, latent_shape: tuple[int, ...]) -> float:
+    """`base_shift` scaled to this clip size's token count (flow.length_shift)."""
+    return flow.length_shift(base_shift, self.num_tokens(latent_shape), self.shift_reference_tokens)
 
   def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     return (1 + (frames - 1) // self.temporal_factor, height // self.spatial_factor,
@@ -301,19 +329,24 @@ class DiTObjective:
     self.frozen["latent_mean"] = jnp.asarray(mean, jnp.float32)
     self.frozen["latent_std"] = jnp.asarray(std, jnp.float32)
     if self.config.data.get("latent_cache", 0) > 0:
-      self.train_source = self._latent_cache(workdir)
+      encode = self._raw_encoder()
+      self.train_sources = [self._latent_cache(workdir, b, encode, len(self.buckets) > 1)
+                            for b in self.buckets]
 
-  def _latent_cache(self, workdir: str) -> latent_cache.LatentCache:
-    """This process's pre-encoded training clips (data/latent_cache.py), built on first use."""
+  def _latent_cache(self, workdir: str, bucket, encode, named: bool) -> latent_cache.LatentCache:
+    """This process's pre-encoded training clips of one bucket (data/latent_cache.py), built on
+    first use."""
     d = self.config.data
-    encode = self._raw_encoder()
-    source = pipeline.make_source(d, "train", self.config.seed)
-    data = {k: v for k, v in d.to_dict().items() if k not in ("worker_count", "latent_cache")}
+    source = pipeline.make_source(d, "train", self.config.seed, bucket.size)
+    data = {k: v for k, v in d.to_dict().items()
+            if k not in ("worker_count", "latent_cache", "buckets")}
+    data.update(frames=bucket.frames, height=bucket.height, width=bucket.width)
     fingerprint = dict(data=data, seed=self.config.seed, vae_step=self.vae_step,
                        vae_workdir=os.path.abspath(self.config.vae_workdir))
     try:
       return latent_cache.load_or_build(workdir, source, d.latent_cache,
-                                        lambda v: encode(self.frozen["vae"], v), fingerprint)
+                                        lambda v: encode(self.frozen["vae"], v), fingerprint,
+                                        name=bucket.name if named else "")
     except ValueError as e:
       raise ConfigError(str(e)) from e
 
@@ -364,6 +397,17 @@ class DiTObjective:
     tokens, mask = (jnp.asarray(a)[None] for a in self.null_tokens)
     return self.denoiser.init(rng, latents, jnp.zeros((1,)), tokens, mask)["params"]
 
+  def train_flops(self, bucket) -> int:
+    """3x the forward FLOPs (forward + backward) of the DiT and the text encoder per example."""
+    latent_shape = self.latent_shape(*bucket.size)
+    length = self.config.data.text_max_length
+    per_frame = any(p > 0 for p in frame_conditioning.usable(self.given_frames,
+                                                              latent_shape[0]).values())
+    forward = (self.denoiser.dit.forward_flops(latent_shape, length, self.config.text.hidden,
+                                               per_frame)
+               + self.denoiser.text.forward_flops(length))
+    return 3 * bucket.batch_size * forward
+
   def model_params(self, params):
     return params
 
@@ -386,8 +430,9 @@ class DiTObjective:
     else:
       x0 = jax.lax.stop_gradient(self.encode(frozen, batch["video"]))
     given = None
-    if any(p > 0 for p in self.given_frames.values()):
-      given = frame_conditioning.sample_given(given_rng, x0.shape[0], x0.shape[1], self.given_frames)
+    modes = frame_conditioning.usable(self.given_frames, x0.shape[1])
+    if any(p > 0 for p in modes.values()):
+      given = frame_conditioning.sample_given(given_rng, x0.shape[0], x0.shape[1], modes)
     tokens, mask = batch["tokens"], batch["token_mask"]
     drop = jax.random.bernoulli(drop_rng, self.config.flow.caption_dropout, (tokens.shape[0], 1))
     tokens = jnp.where(drop, jnp.asarray(self.null_tokens[0])[None], tokens)
@@ -396,7 +441,8 @@ class DiTObjective:
         lambda x_t, t: self.velocity(params, x_t, t, tokens, mask), x0, flow_rng,
         self.config.flow.logit_mean, self.config.flow.logit_std, given,
         self.frame_noise_correlation, self.config.flow.get("contrast_weight", 0.0),
-        self.motion_weight)
+        self.motion_weight, self.time_shift(self.config.flow.get("time_shift", 1.0), x0.shape[1:]),
+        self.time_sampling)
     return loss, metrics
 
 

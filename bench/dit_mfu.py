@@ -1,0 +1,93 @@
+r"""DiT train-step MFU on this machine, against a float32 matmul peak measured in the same run.
+
+  python bench/dit_mfu.py --vae_workdir runs/demo/vae [--steps 20] [--variants scan,unroll]
+
+For the demo DiT config (configs/shapes/dit.py, the trainer's own jitted step on the latent cache):
+  - the machine's float32 matmul peak: the best of several 2048^3 matmuls;
+  - analytic training FLOPs per step (objective.train_flops: 3x the forward's matmuls and attention);
+  - MFU = analytic FLOPs / step time / peak, per variant of the block stack (scan, unrolled,
+    remat policies);
+  - the analytic forward FLOPs over XLA's cost analysis of the same forward (unrolled, so XLA counts
+    every block), which should be about 1.0.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import train_step_speed  # bench/, beside this file
+from sorajax import configuration
+from sorajax.data import buckets as buckets_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = {  # name -> (dit.remat, unrolled)
+    "scan": ("none", False),
+    "unroll": ("none", True),
+    "scan+remat_dots": ("dots", False),
+    "scan+remat_full": ("full", False),
+}
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+  """Best float32 FLOP/s of one size^3 matmul over `repeats` runs."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  matmul(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best
+
+
+def flops_ratio(objective, config) -> float:
+  """Analytic forward FLOPs over XLA's count for the denoiser's forward on one training batch."""
+  d = config.data
+  dit = objective.denoiser.dit
+  denoiser = objective.denoiser.clone(dit=dit.clone(scan_unroll=dit.depth))
+  batch = config.train.batch_size
+  latents = jnp.zeros((batch,) + objective.latent_shape(d.frames, d.height, d.width))
+  tokens = jnp.zeros((batch, d.text_max_length), jnp.int32)
+  mask = jnp.ones((batch, d.text_max_length), bool)
+  t = jnp.zeros((batch,))
+  params = jax.eval_shape(denoiser.init, jax.random.key(0), latents, t, tokens, mask)
+  cost = jax.jit(denoiser.apply).lower(params, latents, t, tokens, mask).cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  analytic = batch * (dit.forward_flops(latents.shape[1:], d.text_max_length, config.text.hidden)
+                      + objective.denoiser.text.forward_flops(d.text_max_length))
+  return analytic / cost["flops"]
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--vae_workdir", required=True)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--variants", default=",".join(VARIANTS))
+  args = parser.parse_args()
+  print(f"devices: {jax.devices()}")
+  peak = matmul_peak()
+  print(f"float32 matmul peak (2048^3, best of 10): {peak / 1e9:.1f} GFLOP/s")
+  with tempfile.TemporaryDirectory() as workdir:
+    for name in args.variants.split(","):
+      remat, unrolled = VARIANTS[name]
+      config = configuration.load_config_file(os.path.join(ROOT, "configs/shapes/dit.py"))
+      config.vae_workdir = args.vae_workdir
+      config.dit.remat = remat
+      if unrolled:
+        config.dit.scan_unroll = 0  # 0: the whole depth
+      seconds, objective = train_step_speed.time_steps(config, args.steps, workdir)
+      flops = objective.train_flops(buckets_lib.from_config(config)[0])
+      print(f"{name}: {seconds * 1000:.0f} ms/step, {flops / 1e9:.2f} GFLOP/step (analytic), "
+            f"{flops / seconds / 1e9:.1f} GFLOP/s, MFU {100 * flops / seconds / peak:.1f}%")
+    print(f"analytic / XLA forward FLOPs: {flops_ratio(objective, config):.3f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,104 @@
+"""The DiT's block stack: adaLN-Zero identity at init, nn.scan against a plain loop, remat policies."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sorajax.models import dit, rope
+from test_models import _dit_inputs
+
+KEY = jax.random.key(0, impl="rbg")
+
+
+def _perturb(params, scale=0.1, seed=1):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: x + scale * rng.standard_normal(x.shape).astype(x.dtype), params)
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_adaln_zero_block_is_the_identity_at_init(joint):
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.standard_normal((2, 12, 32)), jnp.float32)
+  cond = jnp.asarray(rng.standard_normal((2, 3, 32)), jnp.float32)  # one time per token frame
+  context = jnp.asarray(rng.standard_normal((2, 5, 32)), jnp.float32)
+  mask = jnp.asarray(np.arange(5)[None] < np.array([[2], [5]]))
+  angles = jnp.asarray(rope.rope_angles((3, 2, 2), 16))
+  block = dit.DiTBlock(32, 2, joint_text=joint)
+  carry = (tokens, context) if joint else tokens
+  variables = block.init(KEY, carry, cond, None if joint else context, mask, angles)
+  out, _ = block.apply(variables, carry, cond, None if joint else context, mask, angles)
+  for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(carry)):
+    np.testing.assert_array_equal(got, want)
+  # Perturbed, the block does something: the test above could fail.
+  out, _ = block.apply(_perturb(variables), carry, cond, None if joint else context, mask, angles)
+  assert np.abs(jax.tree.leaves(out)[0] - tokens).max() > 1e-3
+
+
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_scanned_blocks_equal_a_loop_over_the_stacked_parameters(text_attention):
+  model = dit.get_dit("tiny", depth=3, text_attention=text_attention)
+  x, t, ctx, mask = _dit_inputs((2, 4, 4))
+  params = _perturb(model.init(KEY, x, t, ctx, mask))
+  stacked = params["params"]["blocks"]
+  assert {leaf.shape[0] for leaf in jax.tree.leaves(stacked)} == {3}
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    name = context.module.name
+    if name in ("patch_embed", "text_embed"):  # the stack's initial carry
+      seen[name] = out
+    elif name == "final_norm":  # its input is the stack's final video tokens
+      seen["final"] = args[0]
+    elif context.method_name == "__call__" and isinstance(context.module, dit.DiTBlock) \
+        and "rest" not in seen:
+      seen["rest"] = args[1:]  # cond, context, mask, angles: broadcast, so concrete in the scan
+    return out
+
+  with nn.intercept_methods(record):
+    model.apply(params, x, t, ctx, mask)
+  joint = text_attention == "joint"
+  carry = (seen["patch_embed"], seen["text_embed"]) if joint else seen["patch_embed"]
+  block = dit.DiTBlock(model.hidden, model.num_heads, joint_text=joint)
+  for i in range(model.depth):
+    layer = jax.tree.map(lambda a, i=i: a[i], stacked)
+    carry, _ = block.apply({"params": layer}, carry, *seen["rest"])
+  np.testing.assert_allclose(seen["final"], carry[0] if joint else carry, atol=1e-5)
+
+
+def test_every_remat_policy_gives_the_same_gradients():
+  x, t, ctx, mask = _dit_inputs((2, 4, 4))
+  base = dit.get_dit("tiny")
+  params = _perturb(base.init(KEY, x, t, ctx, mask))
+
+  def grads(remat):
+    model = dit.get_dit("tiny", remat=remat)
+    loss = lambda p: jnp.mean(jnp.square(model.apply(p, x, t, ctx, mask) - x))
+    return jax.jit(jax.grad(loss))(params), jax.make_jaxpr(jax.grad(loss))(params)
+
+  expected, plain = grads("none")
+  assert "remat" not in str(plain) and "checkpoint" not in str(plain)
+  for policy in ("full", "dots", "dots_no_batch"):
+    got, jaxpr = grads(policy)
+    assert "remat" in str(jaxpr) or "checkpoint" in str(jaxpr), policy
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, expected)
+  with pytest.raises(ValueError, match="valid: none, full, dots"):
+    dit.get_dit("tiny", remat="some").init(KEY, x, t, ctx, mask)
+
+
+@pytest.mark.parametrize("kw,per_frame", [({}, False), ({"text_attention": "joint"}, False),
+                                          ({"pooled_text": True}, True)])
+def test_analytic_flops_match_xla_cost_analysis(kw, per_frame):
+  """Matmuls and attention are nearly all of XLA's count; the rest is elementwise work."""
+  model = dit.get_dit("demo", patch=(1, 1, 1), out_channels=16, **kw)
+  model = model.clone(scan_unroll=model.depth)  # a loop body is counted once, so unroll it
+  batch, grid, length = 2, (3, 4, 4), 24
+  x, t = jnp.zeros((batch, *grid, 16)), jnp.zeros((batch, 3) if per_frame else (batch,))
+  ctx, mask = jnp.zeros((batch, length, 128)), jnp.ones((batch, length), bool)
+  params = jax.eval_shape(model.init, KEY, x, t, ctx, mask)
+  cost = jax.jit(model.apply).lower(params, x, t, ctx, mask).cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  analytic = batch * model.forward_flops((*grid, 16), length, 128, per_frame_times=per_frame)
+  assert 0.95 <= analytic / cost["flops"] <= 1.0, analytic / cost["flops"]
