@@ -102,3 +102,19 @@ def test_analytic_flops_match_xla_cost_analysis(kw, per_frame):
   cost = cost[0] if isinstance(cost, list) else cost
   analytic = batch * model.forward_flops((*grid, 16), length, 128, per_frame_times=per_frame)
   assert 0.95 <= analytic / cost["flops"] <= 1.0, analytic / cost["flops"]
+
+
+@pytest.mark.parametrize("patch", [(1, 1, 1), (1, 2, 2), (2, 2, 2)])
+def test_patchify_round_trip_and_token_order(patch):
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 6, 8, 3)), jnp.float32)
+  tokens = dit.patchify(x, patch)
+  grid = (4 // patch[0], 6 // patch[1], 8 // patch[2])
+  assert tokens.shape == (2, int(np.prod(grid)), int(np.prod(patch)) * 3)
+  np.testing.assert_array_equal(dit.unpatchify(tokens, grid, patch), x)
+  # Token (t, h, w) sits at row-major index t*gh*gw + h*gw + w (rope's and sincos' order) and holds
+  # exactly that patch's values.
+  t, h, w = grid[0] - 1, 1, grid[2] - 1
+  index = (t * grid[1] + h) * grid[2] + w
+  pt, ph, pw = patch
+  block = x[:, t * pt:(t + 1) * pt, h * ph:(h + 1) * ph, w * pw:(w + 1) * pw]
+  np.testing.assert_array_equal(tokens[:, index], block.reshape(2, -1))

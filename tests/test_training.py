@@ -80,6 +80,20 @@ def test_sampling_is_deterministic_per_seed(dit_workdir):
   assert first.shape == (2, 5, 16, 16, 3) and first.dtype == np.uint8
   np.testing.assert_array_equal(first[0], again[0])
   assert np.abs(first[0].astype(int) - first[1].astype(int)).mean() > 1.0
+  # Latents do not depend on the batch: its size, or a sample's position in it.
+  other = "a green square moving up on a black background"
+  latents = lambda captions, seeds, sampler="euler": np.asarray(generator._generate(
+      generator.params, generator.frozen, *(jax.numpy.asarray(a) for a in
+      generator.objective.tokenizer.encode_batch(captions)), (2, 2, 2, 16), sampler, 3, 4.0, 1.0,
+      0, jax.numpy.asarray(seeds, jax.numpy.uint32)))
+  pair = latents([caption, other], [0, 5])
+  np.testing.assert_allclose(latents([other, caption], [5, 0])[::-1], pair, atol=1e-5)
+  np.testing.assert_allclose(latents([caption], [0])[0], pair[0], atol=1e-5)
+  # The config's sampler is the one that runs: at 3 steps DPM-Solver++(2M) takes only first-order
+  # steps, which are Euler's.
+  np.testing.assert_allclose(latents([caption], [0], "dpm_solver_2m")[0], pair[0], atol=1e-5)
+  with pytest.raises(configuration.ConfigError, match="valid: euler, heun, dpm_solver_2m"):
+    generator.generate([caption], [0], sampler="ddim")
   image = generator.generate([caption], [0], frames=1)
   assert image.shape == (1, 1, 16, 16, 3)
   # The run samples in stages; one pass gives another, equally deterministic video.

@@ -21,6 +21,8 @@ def tiny_config(path: str, steps: int = 2, **overrides):
   config.data.max_objects = 2
   if "latent_cache" in config.data:
     config.data.latent_cache = 0  # tests that want one ask for it
+  if "buckets" in config.data:
+    config.data.buckets = ""  # one clip size (one compile per test run) unless a test asks
   if "flow" in config:
     config.flow.latent_stats_batches = 1
   for key, value in overrides.items():
