@@ -79,6 +79,7 @@ def main():
       remat, unrolled = VARIANTS[name]
       config = configuration.load_config_file(os.path.join(ROOT, "configs/shapes/dit.py"))
       config.vae_workdir = args.vae_workdir
+      config.data.buckets = ""  # the video clips only: one step shape, one FLOP count
       config.dit.remat = remat
       if unrolled:
         config.dit.scan_unroll = 0  # 0: the whole depth

@@ -11,6 +11,7 @@ from sorajax.parallel import mesh as mesh_lib
 
 def config():
   c = configuration.load_config_file("configs/shapes/dit.py:frames=5,size=16,batch=8")
+  c.data.buckets = ""  # one stream (tests/test_buckets.py covers several)
   return c
 
 
