@@ -124,6 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   first_step = int(state.step)
   batches.resume_at(first_step)
   last_logged, examples, flops = first_step, 0, 0
+  step_flops = {bucket: objective.train_flops(bucket) for bucket in batches.buckets}
   stop_requested = []
   previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
   try:
@@ -131,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       for step in range(first_step + 1, num_steps + 1):
         state, metrics = train_step(state, next(batches), frozen, train_rng)
         examples += batches.last_bucket.batch_size
-        flops += objective.train_flops(batches.last_bucket)
+        flops += step_flops[batches.last_bucket]
         if metrics_lib.is_time(step, config.train.log_every, num_steps):
           scalars = {name: float(value) for name, value in jax.device_get(metrics).items()}
           metrics_lib.check_finite(scalars["train/loss"], step, last_logged)

@@ -25,6 +25,11 @@ import jax.numpy as jnp
 TIME_SAMPLING = ("logit_normal", "uniform")
 
 
+def check_time_sampling(name: str) -> None:
+  if name not in TIME_SAMPLING:
+    raise ValueError(f"flow.time_sampling={name!r} is unknown; valid: {', '.join(TIME_SAMPLING)}")
+
+
 def sample_timesteps(rng: jax.Array, batch: int, logit_mean: float = 0.0,
                      logit_std: float = 1.0) -> jax.Array:
   """t = sigmoid(n), n ~ Normal(logit_mean, logit_std): shape (batch,), strictly inside (0, 1)."""
@@ -120,9 +125,7 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   (TIME_SAMPLING), then `shift_times(t, time_shift)`.
   """
   time_rng, noise_rng = jax.random.split(rng)
-  if time_sampling not in TIME_SAMPLING:
-    raise ValueError(f"flow.time_sampling={time_sampling!r} is unknown; valid: "
-                     f"{', '.join(TIME_SAMPLING)}")
+  check_time_sampling(time_sampling)
   if time_sampling == "uniform":
     t = jax.random.uniform(time_rng, (x0.shape[0],))
   else:

@@ -273,9 +273,7 @@ class DiTObjective:
     _checked(flow.check_motion_weight, self.motion_weight)
     # Runs saved before the time shift trained on unshifted logit-normal times.
     self.time_sampling = config.flow.get("time_sampling", "logit_normal")
-    if self.time_sampling not in flow.TIME_SAMPLING:
-      raise ConfigError(f"flow.time_sampling={self.time_sampling!r} is unknown; valid: "
-                        f"{', '.join(flow.TIME_SAMPLING)}")
+    _checked(flow.check_time_sampling, self.time_sampling)
     self.shift_reference_tokens = int(config.flow.get("shift_reference_tokens", 0))
     _checked(flow.length_shift, float(config.flow.get("time_shift", 1.0)), 1,
              self.shift_reference_tokens)
