@@ -31,9 +31,12 @@ def rope_angles(grid: tuple[int, int, int], head_dim: int, theta: float = 10_000
 
 
 def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
-  """Rotates (B, L, heads, head_dim) by angles (L, head_dim // 2); pairs are (i, i + head_dim/2)."""
-  cos = jnp.cos(angles)[None, :, None, :]
-  sin = jnp.sin(angles)[None, :, None, :]
+  """Rotates (B, L, ..., head_dim) by angles (L, head_dim // 2); pairs are (i, i + head_dim/2).
+
+  The dims between L and head_dim (heads; or stacked queries and keys, then heads) share angles.
+  """
+  shape = (1, angles.shape[0]) + (1,) * (x.ndim - 3) + (angles.shape[1],)
+  cos, sin = jnp.cos(angles).reshape(shape), jnp.sin(angles).reshape(shape)
   first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([first * cos - second * sin, first * sin + second * cos], axis=-1)
   return rotated.astype(x.dtype)
