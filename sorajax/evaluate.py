@@ -5,6 +5,9 @@ r"""Judge a DiT run on the built-in world's held-out prompts (the last step of `
 Samples every held-out prompt (never seen in training) with several seeds, asks the world's judge
 whether each video shows the prompt's color, shape and motion, and writes
   <out>/videos/*.mp4|gif, <out>/contact_sheet.png, <out>/report.json and <out>/report.md.
+A run trained with frame conditioning (flow.given_frames) is also judged in every prompting mode
+(sorajax/evaluate_modes.py): image -> video, extension both ways, connect, loop, edit and a
+minute-long rollout, each with a contact sheet <out>/modes/<mode>.png and a table in the report.
 """
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's 
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the run's sample.guidance).")
 _SAMPLER = flags.DEFINE_string("sampler", None, "euler, heun or dpm_solver_2m (default: the run's "
                                "sample.sampler).")
+_MODES = flags.DEFINE_bool("modes", None, "Judge the prompting modes too (default: when the run "
+                            "was trained with flow.given_frames).")
+_MODE_SEEDS = flags.DEFINE_integer("mode_seeds", 2, "Samples per held-out prompt in each mode.")
+_ROLLOUT_SECONDS = flags.DEFINE_float("rollout_seconds", 60.0, "Length of the judged rollouts.")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
     "run's sample.stage_frames).")
@@ -56,7 +63,7 @@ def summarise(rows) -> dict[str, float]:
   return {name: float(np.mean([bool(row[name]) for row in rows])) for name in ATTRIBUTES}
 
 
-def write_report(out: str, rows, videos, summary, info) -> None:
+def write_report(out: str, rows, videos, summary, info, extra_lines=()) -> None:
   os.makedirs(os.path.join(out, "videos"), exist_ok=True)
   for index, (row, video) in enumerate(zip(rows, videos)):
     stem = os.path.join(out, "videos", f"{index:03d}_seed{row['seed']}")
@@ -80,10 +87,42 @@ def write_report(out: str, rows, videos, summary, info) -> None:
   mark = lambda v: "yes" if v else ("n/a" if v is None else "no")
   lines += [f"| {r['caption']} | {r['seed']} | {mark(r['color'])} | {mark(r['shape'])} | "
             f"{mark(r['motion'])} |" for r in rows]
+  lines += list(extra_lines)
   tmp = os.path.join(out, f"report.md.tmp-{os.getpid()}")
   with open(tmp, "w") as f:
     f.write("\n".join(lines) + "\n")
   os.replace(tmp, os.path.join(out, "report.md"))
+
+
+MODE_TITLES = {
+    "animate": "image -> video (first frame of a rendered clip)",
+    "extend": "extend forward (one chunk)",
+    "extend_back": "extend backward (one chunk)",
+    "connect": "connect two clips of one path",
+    "loop": "seamless loop of a rendered clip",
+    "edit": "video -> video edit to the prompt's color",
+    "rollout": "minute-long rollout (forward extension, chunk by chunk)",
+}
+
+
+def write_modes(out: str, modes: dict, seconds: float) -> list[str]:
+  """Contact sheets per mode; returns the report's markdown lines."""
+  os.makedirs(os.path.join(out, "modes"), exist_ok=True)
+  lines = ["", "## Prompting modes", "",
+           f"Held-out prompts, judged by the world's judge ({seconds:.0f} s for all modes); "
+           "sheets in `modes/`.", "", "| mode | measure | value |", "|---|---|---|"]
+  for mode, result in modes.items():
+    video_io.write_png(os.path.join(out, "modes", f"{mode}.png"),
+                       video_io.upscale(video_io.contact_sheet(result["videos"]), 2))
+    for name, value in result["metrics"].items():
+      shown = f"{100 * value:.1f}%" if name in PERCENT_METRICS else f"{value:.3g}"
+      lines.append(f"| {MODE_TITLES[mode]} | {name} | {shown} |")
+  return lines
+
+
+PERCENT_METRICS = ("color", "shape", "motion", "motion_continues", "ends_matched",
+                   "wrap_within_typical", "color_and_shape_windows", "worst_video",
+                   "color_and_shape_windows_in_view", "worst_video_in_view")
 
 
 def main(argv):
@@ -105,7 +144,19 @@ def main(argv):
           "stage_frames": (generator.config.sample.get("stage_frames", 0)
                            if _STAGE_FRAMES.value is None else _STAGE_FRAMES.value),
           "guidance": generator.config.sample.guidance if _GUIDANCE.value is None else _GUIDANCE.value}
-  write_report(out, rows, videos, summary, info)
+  trained_modes = any(p > 0 for p in generator.objective.given_frames.values())
+  extra = []
+  if _MODES.value or (_MODES.value is None and trained_modes):
+    from sorajax import evaluate_modes  # pylint: disable=import-outside-toplevel
+    start = time.perf_counter()
+    settings = dict(steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
+    modes = evaluate_modes.evaluate_modes(generator, _MODE_SEEDS.value, settings,
+                                          seconds=_ROLLOUT_SECONDS.value)
+    info["modes"] = {mode: result["metrics"] for mode, result in modes.items()}
+    extra = write_modes(out, modes, time.perf_counter() - start)
+    for mode, metrics in info["modes"].items():
+      print(f"{mode}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
+  write_report(out, rows, videos, summary, info, extra)
   print("held-out accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary.items()))
   print(f"report: {os.path.join(out, 'report.md')}")
 

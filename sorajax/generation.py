@@ -29,6 +29,7 @@ from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 
 
+MAX_GUIDANCE = 50.0  # far past any useful scale: larger values only saturate the videos
 DECODE_CHUNK = 8  # latent frames per decoded piece (32 video frames at 4x temporal compression)
 
 
@@ -60,9 +61,9 @@ class VideoGenerator:
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
     self.coder = vae_chunked.ChunkedCoder(self.objective.vae, self.frozen["vae"], DECODE_CHUNK)
 
-  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10))
+  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11))
   def _generate(self, params, frozen, tokens, token_mask, latent_shape, sampler, steps, guidance,
-                shift, stage_frames, seeds):
+                shift, stage_frames, start, seeds, given, given_latents, source):
     def noise(stage):  # sample i's first stage draws from key(seed_i), later ones from folds of it
       key = lambda s: jax.random.key(s) if stage == 0 else jax.random.fold_in(jax.random.key(s), stage)
       correlation = self.objective.frame_noise_correlation  # the prior the run was trained from
@@ -77,11 +78,78 @@ class VideoGenerator:
                                      pick(token_mask, null_mask))
 
     solve = samplers.get_sampler(sampler)
-    latents = solve(velocity, noise(0), steps, guidance, shift)
+    x = noise(0)
+    if source is not None:  # an edit starts from the source clip noised to the start time
+      x = flow.interpolate(source, x, jnp.full(x.shape[:1], samplers.time_grid(steps, shift)[start]))
+    latents = solve(velocity, x, steps, guidance, shift, given, given_latents, start)
     for stage, fixed in enumerate(stage_prefixes(latent_shape[0], stage_frames), start=1):
-      given = jnp.broadcast_to(jnp.arange(latent_shape[0]) < fixed, latents.shape[:2])
-      latents = solve(velocity, noise(stage), steps, guidance, shift, given, latents)
-    return self.objective.denormalize(frozen, latents)  # decoded in pieces by `generate`
+      staged = jnp.broadcast_to(jnp.arange(latent_shape[0]) < fixed, latents.shape[:2])
+      if given is not None:
+        staged = staged | given
+      latents = solve(velocity, noise(stage), steps, guidance, shift, staged, latents)
+    return latents
+
+  def encode(self, videos: np.ndarray) -> jax.Array:
+    """uint8 videos (N, 1+f*k, H, W, 3) -> the DiT's unit-scale latents, coded in pieces."""
+    mean, _ = self.coder.encode(objectives.pixels_to_unit(jnp.asarray(videos)))
+    return self.objective.normalize(self.frozen, mean)
+
+  def decode_pieces(self, latents: jax.Array):
+    """Yields uint8 video pieces of unit-scale latents (N, T, h, w, C), frame 0 first."""
+    vae_latents = self.objective.denormalize(self.frozen, latents)
+    for piece in self.coder.decode_pieces(vae_latents):
+      yield np.asarray(objectives.unit_to_pixels(piece))
+
+  def decode(self, latents: jax.Array) -> np.ndarray:
+    return np.concatenate(list(self.decode_pieces(latents)), axis=1)
+
+  def sample_latents(self, captions: list[str], seeds: list[int], latent_shape, *,
+                     steps: int | None = None, guidance: float | None = None,
+                     shift: float | None = None, stage_frames: int | None = None,
+                     sampler: str | None = None, given: np.ndarray | None = None,
+                     given_latents: jax.Array | None = None, source: jax.Array | None = None,
+                     strength: float = 1.0) -> jax.Array:
+    """Unit-scale latents (N, *latent_shape), one per (caption, seed) pair.
+
+    `given` (N, T) bool with `given_latents` (N, *latent_shape) holds those latent frames clean;
+    `source` latents with `strength` < 1 start from the source noised part of the way (SDEdit).
+    Unset settings take the run's `config.sample` values.
+    """
+    if len(captions) != len(seeds):
+      raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
+    steps = steps or self.config.sample.steps
+    guidance = self.config.sample.guidance if guidance is None else guidance
+    if not 0.0 <= guidance <= MAX_GUIDANCE:
+      raise ConfigError(f"guidance={guidance} is out of range; use 0 (the null prompt only) to "
+                        f"{MAX_GUIDANCE:g} (1: no guidance)")
+    shift = self.config.sample.get("shift", 1.0) if shift is None else shift
+    sampler = sampler or self.config.sample.get("sampler", "euler")
+    if sampler not in samplers.SAMPLERS:
+      raise ConfigError(f"sampler={sampler!r} is unknown; valid: {', '.join(samplers.SAMPLERS)}")
+    if stage_frames is None:
+      stage_frames = self.config.sample.get("stage_frames", 0)
+    shift = _checked_shift(self.objective, float(shift), latent_shape)
+    try:
+      start = samplers.edit_start(steps, strength)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+    if start and source is None:
+      raise ValueError("strength < 1 edits a source clip; pass source latents")
+    prefixes = stage_prefixes(latent_shape[0], stage_frames)
+    trained = self.objective.given_frames
+    if prefixes and not (trained.get("prefix", 0.0) > 0
+                         or (prefixes == [1] and trained.get("first", 0.0) > 0)):
+      raise ConfigError(f"staged sampling (stage_frames={stage_frames}) needs a run trained with "
+                        "flow.given_frames.prefix > 0 (or .first, for one given frame); "
+                        "sample with --stage_frames=0")
+    tokens, mask = self.objective.tokenizer.encode_batch(captions)
+    if given is not None:
+      given = jnp.asarray(given, bool)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      return self._generate(self.params, self.frozen, jnp.asarray(tokens), jnp.asarray(mask),
+                            tuple(latent_shape), sampler, steps, float(guidance), shift,
+                            int(stage_frames), start, jnp.asarray(seeds, jnp.uint32), given,
+                            given_latents, source)
 
   def generate(self, captions: list[str], seeds: list[int], *, frames: int | None = None,
                height: int | None = None, width: int | None = None, steps: int | None = None,
@@ -92,33 +160,10 @@ class VideoGenerator:
     Unset settings take the run's `config.sample` values. `shift` is the time shift at the run's
     `flow.shift_reference_tokens` (when set), scaled to this clip size's token count.
     """
-    if len(captions) != len(seeds):
-      raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
     d = self.config.data
     frames, height, width = frames or d.frames, height or d.height, width or d.width
     self.objective.check_shape(frames, height, width)
-    steps = steps or self.config.sample.steps
-    guidance = self.config.sample.guidance if guidance is None else guidance
-    shift = self.config.sample.get("shift", 1.0) if shift is None else shift
-    sampler = sampler or self.config.sample.get("sampler", "euler")
-    if sampler not in samplers.SAMPLERS:
-      raise ConfigError(f"sampler={sampler!r} is unknown; valid: {', '.join(samplers.SAMPLERS)}")
-    if stage_frames is None:
-      stage_frames = self.config.sample.get("stage_frames", 0)
     latent_shape = self.objective.latent_shape(frames, height, width)
-    shift = _checked_shift(self.objective, float(shift), latent_shape)
-    prefixes = stage_prefixes(latent_shape[0], stage_frames)
-    trained = self.objective.given_frames
-    if prefixes and not (trained.get("prefix", 0.0) > 0
-                         or (prefixes == [1] and trained.get("first", 0.0) > 0)):
-      raise ConfigError(f"staged sampling (stage_frames={stage_frames}) needs a run trained with "
-                        "flow.given_frames.prefix > 0 (or .first, for one given frame); "
-                        "sample with --stage_frames=0")
-    tokens, mask = self.objective.tokenizer.encode_batch(captions)
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      latents = self._generate(self.params, self.frozen, jnp.asarray(tokens), jnp.asarray(mask),
-                               latent_shape, sampler, steps, float(guidance), shift,
-                               int(stage_frames), jnp.asarray(seeds, jnp.uint32))
-      pieces = [np.asarray(objectives.unit_to_pixels(piece))
-                for piece in self.coder.decode_pieces(latents)]
-    return np.concatenate(pieces, axis=1)
+    latents = self.sample_latents(captions, seeds, latent_shape, steps=steps, guidance=guidance,
+                                  shift=shift, stage_frames=stage_frames, sampler=sampler)
+    return self.decode(latents)

@@ -24,3 +24,19 @@ def vae_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("vae"))
   train.train_and_evaluate(tiny_config(VAE_CONFIG), workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def dit_workdir(tmp_path_factory, vae_workdir):
+  """A tiny DiT run on the tiny VAE, trained to continue a prefix; shared by sampling tests."""
+  from sorajax import train  # pylint: disable=import-outside-toplevel
+  from tiny import DIT_CONFIG, tiny_config  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("dit"))
+  config = tiny_config(DIT_CONFIG)
+  config.vae_workdir = vae_workdir
+  config.sample.steps = 3
+  config.flow.given_frames.prefix = 0.5  # so the run can also sample frame by frame
+  config.sample.stage_frames = 1
+  config.flow.frame_noise_correlation = 0.5  # sampling draws the same correlated prior
+  train.train_and_evaluate(config, workdir)
+  return workdir

@@ -77,3 +77,32 @@ def test_parse_arg_types():
   assert arg.steps == 5 and arg.variant == "tiny" and arg.flag is True
   with pytest.raises(configuration.ConfigError, match="valid: flag, steps"):
     configuration.parse_arg("stpes=5", steps=1, flag=False)
+
+
+def test_prompted_sampling_reads_files_and_streams_a_rollout(dit_workdir, tmp_path):
+  out = tmp_path / "rollout"
+  result = run("sorajax.sample", "--workdir", dit_workdir, "--prompt", "a red square moving up",
+               "--mode", "rollout", "--seconds", "2", "--fps", "8", "--frames", "9", "--steps", "2",
+               "--out", str(out))
+  assert result.returncode == 0, result.stderr
+  from sorajax.data import video_io  # pylint: disable=import-outside-toplevel
+  mp4s = sorted(out.glob("*.mp4"))
+  assert len(mp4s) == 1 and video_io.read_video(str(mp4s[0])).shape[0] == 16
+  assert not list(out.glob("*.tmp-*"))
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (["--mode", "animate", "--input", "nope.png"], ["nope.png", "does not exist"]),
+    (["--mode", "edit"], ["--mode=edit needs --input"]),
+    (["--mode", "edit", "--input", "{video}", "--strength", "1.5"], ["strength=1.5", "(0, 1]"]),
+    (["--mode", "extend_back", "--input", "{image}"], ["extend_back needs a clip of at least 4"]),
+])
+def test_bad_prompting_input_is_one_line(dit_workdir, tmp_path, flags, needles):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from sorajax.data import video_io  # pylint: disable=import-outside-toplevel
+  video_io.write_mp4(str(tmp_path / "clip.mp4"), np.zeros((5, 16, 16, 3), np.uint8))
+  video_io.write_png(str(tmp_path / "still.png"), np.zeros((16, 16, 3), np.uint8))
+  flags = [f.format(video=tmp_path / "clip.mp4", image=tmp_path / "still.png") for f in flags]
+  result = run("sorajax.sample", "--workdir", dit_workdir, "--prompt", "a red square moving up",
+               "--steps", "2", "--out", str(tmp_path / "out"), *flags)
+  assert_one_line_error(result, *needles)

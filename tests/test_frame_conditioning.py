@@ -17,6 +17,19 @@ def test_each_mode_gives_its_frames():
   # A prefix: leading frames only, 1 to 3 of them, each length drawn.
   np.testing.assert_array_equal(prefix, np.arange(4)[None, :] < lengths[:, None])
   assert set(lengths.tolist()) == {1, 2, 3}
+  suffix = np.asarray(fc.sample_given(rng, 400, 4, {"suffix": 1.0}))
+  lengths = suffix.sum(axis=1)
+  np.testing.assert_array_equal(suffix, np.arange(4)[None, :] >= 4 - lengths[:, None])
+  assert set(lengths.tolist()) == {1, 2, 3}
+
+
+def test_random_frames_leave_at_least_one_to_generate():
+  given = np.asarray(fc.sample_given(jax.random.key(3), 4000, 3, {"random": 1.0}))
+  assert not given.all(axis=1).any()
+  patterns = {tuple(row) for row in given.tolist()}
+  assert len(patterns) == 7  # every pattern but all-given, the middle-only ones included
+  # 1.5 given frames of 3 on average, less the one freed in the 1/8 of clips drawn all-given.
+  np.testing.assert_allclose(given.mean(), (1.5 - 1 / 8) / 3, atol=0.02)
 
 
 def test_probabilities_mix_modes_with_text_only_examples():
@@ -29,7 +42,7 @@ def test_probabilities_mix_modes_with_text_only_examples():
 
 
 @pytest.mark.parametrize("probabilities, frames, message", [
-    ({"middle": 0.5}, 3, "'middle' is unknown; valid: first, prefix, last, ends"),
+    ({"middle": 0.5}, 3, "'middle' is unknown; valid: first, prefix, last, suffix, ends, random"),
     ({"first": 1.5}, 3, "is 1.5; use \\[0, 1\\]"),
     ({"first": 0.6, "last": 0.6}, 3, "sum to 1.200"),
     ({"ends": 0.5}, 2, "needs 3\\+ latent frames"),

@@ -12,20 +12,6 @@ from sorajax.training import objectives
 from sorajax.training import state as state_lib
 from tiny import DIT_CONFIG, VAE_CONFIG, tiny_config
 
-@pytest.fixture(scope="module")
-def dit_workdir(tmp_path_factory, vae_workdir):
-  from sorajax import train  # pylint: disable=import-outside-toplevel
-  workdir = str(tmp_path_factory.mktemp("dit"))
-  config = tiny_config(DIT_CONFIG)
-  config.vae_workdir = vae_workdir
-  config.sample.steps = 3
-  config.flow.given_frames.prefix = 0.5  # so the run can also sample frame by frame
-  config.sample.stage_frames = 1
-  config.flow.frame_noise_correlation = 0.5  # sampling draws the same correlated prior
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
 def one_step(config, objective, mesh):
   """Loss and updated params after one step from the same init and batch on `mesh`."""
   from sorajax import train  # pylint: disable=import-outside-toplevel
@@ -82,10 +68,9 @@ def test_sampling_is_deterministic_per_seed(dit_workdir):
   assert np.abs(first[0].astype(int) - first[1].astype(int)).mean() > 1.0
   # Latents do not depend on the batch: its size, or a sample's position in it.
   other = "a green square moving up on a black background"
-  latents = lambda captions, seeds, sampler="euler": np.asarray(generator._generate(
-      generator.params, generator.frozen, *(jax.numpy.asarray(a) for a in
-      generator.objective.tokenizer.encode_batch(captions)), (2, 2, 2, 16), sampler, 3, 4.0, 1.0,
-      0, jax.numpy.asarray(seeds, jax.numpy.uint32)))
+  latents = lambda captions, seeds, sampler="euler": np.asarray(generator.sample_latents(
+      captions, seeds, (2, 2, 2, 16), steps=3, guidance=4.0, shift=1.0, stage_frames=0,
+      sampler=sampler))
   pair = latents([caption, other], [0, 5])
   np.testing.assert_allclose(latents([other, caption], [5, 0])[::-1], pair, atol=1e-5)
   np.testing.assert_allclose(latents([caption], [0])[0], pair[0], atol=1e-5)

@@ -67,10 +67,12 @@ def get_config(arg=None):
   config.flow.logit_mean = 0.0
   config.flow.logit_std = 1.0
   config.flow.caption_dropout = 0.1
-  # Share of examples whose first frame / first k frames / last frame / both end frames are given
-  # clean (sorajax/diffusion/frame_conditioning.py); the rest are generated from text alone.
-  config.flow.given_frames = ml_collections.ConfigDict(dict(first=0.0, prefix=0.0, last=0.0,
-                                                            ends=0.0))
+  # Share of examples given some latent frames clean (sorajax/diffusion/frame_conditioning.py):
+  # the first frame (animate an image), the first or last k (extend forward or backward, long
+  # rollouts), both ends (connect, loop) or random frames; the rest are generated from text alone.
+  # One-frame images take none. These teach every prompting mode (sorajax/prompting.py).
+  config.flow.given_frames = ml_collections.ConfigDict(dict(
+      first=0.05, prefix=0.15, last=0.0, suffix=0.1, ends=0.1, random=0.05))
   # Correlation of the noise between latent frames (0: independent; see flow.frame_noise). 0.5
   # doubled the demo's motion accuracy at 600 steps (bench/RESULTS.md, third round).
   config.flow.frame_noise_correlation = 0.5

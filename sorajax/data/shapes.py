@@ -53,7 +53,7 @@ _MOTION_PHRASES = {
     "bouncing": "bouncing",
 }
 # motion -> (axis, sign); axis 0 is x (grows right), axis 1 is y (grows down).
-_DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}
+DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}
 _SPLITS = {"train": 0, "heldout": 1}
 
 
@@ -156,7 +156,7 @@ class _WordReader:
 def _read_motion(reader: _WordReader) -> str:
   first = reader.take(("moving", "standing", "bouncing"))
   if first == "moving":
-    return reader.take(_DIRECTIONS)
+    return reader.take(DIRECTIONS)
   if first == "standing":
     reader.take(("still",))
     return "static"
@@ -240,8 +240,8 @@ def trajectories(motion: str, sizes: np.ndarray, *, frames: int, height: int, wi
   start = rng.uniform(0.0, 1.0, (k, 2)) * room
   tau = _progress(frames)
   offset = np.zeros((k, frames, 2))
-  if motion in _DIRECTIONS:
-    axis, sign = _DIRECTIONS[motion]
+  if motion in DIRECTIONS:
+    axis, sign = DIRECTIONS[motion]
     travel = TRAVEL * extent[axis]
     # Leave `travel` free on the side it moves towards.
     free = rng.uniform(0.0, 1.0, k) * (room[:, axis] - travel)

@@ -3,9 +3,19 @@
 Each training example draws one *mode* (or none, generating the whole clip from text):
   first   the first frame (animate an image; the second stage of text -> image -> video)
   prefix  the first k frames, k uniform in [1, T-1] (extend forward; chunked long videos)
-  last    the last frame (extend backward in time)
-  ends    the first and the last frame (connect two clips; loops when both are the same frame)
+  last    the last frame (end on a given image)
+  suffix  the last k frames, k uniform in [1, T-1] (extend backward in time)
+  ends    the first and the last frame (connect two clips; seamless loops)
+  random  each frame given with probability 1/2, at least one left to generate (in-between frames)
 A mode is a function (rng, batch, frames) -> (batch, frames) bool, True where a frame is given.
+
+Design: given frames are marked by their *time*, not by extra input channels. A given frame enters
+the DiT clean, with its own timestep t=0, while the other frames carry the example's noise level
+(per-token timesteps, as in Open-Sora 2.0 and LTX-Video; flow.frame_times), and it is left out of
+the loss. Compared with concatenating a mask and the clean latents on the channel axis (Wan 2.1's
+image-to-video), this needs no new weights, serves any subset of frames with one set of weights,
+keeps text-to-video the same model at t>0 everywhere, and the sampler feeds the model exactly what
+it saw in training: the given latents at t=0 at every step.
 """
 from __future__ import annotations
 
@@ -30,15 +40,29 @@ def _last(rng, batch, frames):
   return jnp.broadcast_to(jnp.arange(frames) == frames - 1, (batch, frames))
 
 
+def _suffix(rng, batch, frames):
+  length = jax.random.randint(rng, (batch, 1), 1, frames)
+  return jnp.arange(frames)[None, :] >= frames - length
+
+
+def _random(rng, batch, frames):
+  coin_rng, keep_rng = jax.random.split(rng)
+  given = jax.random.bernoulli(coin_rng, 0.5, (batch, frames))
+  # A clip drawn all-given frees one frame at random, so every example has something to learn.
+  free = jax.random.randint(keep_rng, (batch, 1), 0, frames) == jnp.arange(frames)[None, :]
+  return given & ~(given.all(axis=1, keepdims=True) & free)
+
+
 def _ends(rng, batch, frames):
   del rng
   index = jnp.arange(frames)
   return jnp.broadcast_to((index == 0) | (index == frames - 1), (batch, frames))
 
 
-MODES = {"first": _first, "prefix": _prefix, "last": _last, "ends": _ends}
+MODES = {"first": _first, "prefix": _prefix, "last": _last, "suffix": _suffix, "ends": _ends,
+         "random": _random}
 # The fewest latent frames each mode needs so that at least one frame is generated.
-_MIN_FRAMES = {"first": 2, "prefix": 2, "last": 2, "ends": 3}
+_MIN_FRAMES = {"first": 2, "prefix": 2, "last": 2, "suffix": 2, "ends": 3, "random": 2}
 
 
 def check_probabilities(probabilities: Mapping[str, float], frames: int) -> None:

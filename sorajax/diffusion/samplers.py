@@ -49,6 +49,21 @@ def guided_velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
   return unconditional + guidance * (conditional - unconditional)
 
 
+def _check_start(start: int, steps: int) -> None:
+  if not 0 <= start < steps:
+    raise ValueError(f"start={start} must be in [0, steps={steps})")
+
+
+def edit_start(steps: int, strength: float) -> int:
+  """The first grid index for an SDEdit-style edit of `strength` in (0, 1]: the last
+  round(strength * steps) steps (at least one) are run, so 1 is a full generation that keeps only
+  the source's size, and small strengths keep its layout and colors."""
+  if not 0.0 < strength <= 1.0:
+    raise ValueError(f"strength={strength} must be in (0, 1]; 1 ignores the source, small values "
+                     "keep more of it")
+  return steps - max(1, round(strength * steps))
+
+
 def _clean_frames(noise, given, given_latents):
   """Start point and the (batch, frames, 1, ...) mask of frames held clean, or (noise, None)."""
   if (given is None) != (given_latents is None):
@@ -72,31 +87,37 @@ def _velocity_at(velocity_fn, x, t, guidance, given):
 
 def euler(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
           shift: float = 1.0, given: jax.Array | None = None,
-          given_latents: jax.Array | None = None) -> jax.Array:
+          given_latents: jax.Array | None = None, start: int = 0) -> jax.Array:
   """First-order integration of dx/dt = v from t=1 to t=0 under `lax.fori_loop`; one velocity
   call per step.
 
   With `given` (batch, frames) bool, those frames of `given_latents` (shaped like `noise`) are held
   clean at t=0 throughout while the others are generated around them.
+
+  With `start` > 0 the integration begins at `time_grid(steps, shift)[start]`
+  and `noise` is the point there, e.g. a source clip noised to that time (SDEdit; `edit_start`).
+  Every sampler takes these arguments.
   """
   grid = jnp.asarray(time_grid(steps, shift))
   x, keep = _clean_frames(noise, given, given_latents)
+  _check_start(start, steps)
 
   def body(i, x):
     t, t_next = grid[i], grid[i + 1]
     x_next = x + (t_next - t) * _velocity_at(velocity_fn, x, t, guidance, given)
     return x_next if keep is None else jnp.where(keep, x, x_next)
 
-  return jax.lax.fori_loop(0, steps, body, x)
+  return jax.lax.fori_loop(start, steps, body, x)
 
 
 def heun(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
          shift: float = 1.0, given: jax.Array | None = None,
-         given_latents: jax.Array | None = None) -> jax.Array:
+         given_latents: jax.Array | None = None, start: int = 0) -> jax.Array:
   """Second-order trapezoidal steps (Heun, as in EDM): an Euler guess, then the mean of the
   velocities at both ends. The last step, into t=0, stays Euler: 2 * steps - 1 velocity calls."""
   grid = jnp.asarray(time_grid(steps, shift))
   x, keep = _clean_frames(noise, given, given_latents)
+  _check_start(start, steps)
   hold = (lambda old, new: new) if keep is None else (lambda old, new: jnp.where(keep, old, new))
 
   def body(i, x):
@@ -106,7 +127,7 @@ def heun(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float 
     v_next = _velocity_at(velocity_fn, guess, t_next, guidance, given)
     return hold(x, x + (t_next - t) * 0.5 * (v + v_next))
 
-  x = jax.lax.fori_loop(0, steps - 1, body, x)
+  x = jax.lax.fori_loop(start, steps - 1, body, x)
   v = _velocity_at(velocity_fn, x, grid[steps - 1], guidance, given)
   return hold(x, x + (grid[steps] - grid[steps - 1]) * v)
 
@@ -139,22 +160,25 @@ def _dpm_solver_2m_coefficients(steps: int, shift: float) -> np.ndarray:
 
 def dpm_solver_2m(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
                   shift: float = 1.0, given: jax.Array | None = None,
-                  given_latents: jax.Array | None = None) -> jax.Array:
+                  given_latents: jax.Array | None = None, start: int = 0) -> jax.Array:
   """DPM-Solver++(2M): a multistep second-order solver that reuses the previous step's data
   prediction x0 = x - t v, so it costs one velocity call per step, like Euler."""
   table = jnp.asarray(_dpm_solver_2m_coefficients(steps, shift), jnp.float32)
   grid = jnp.asarray(time_grid(steps, shift))
   x, keep = _clean_frames(noise, given, given_latents)
+  _check_start(start, steps)
 
   def body(i, carry):
     x, x0_before = carry
     t = grid[i]
     x0_now = x - t * _velocity_at(velocity_fn, x, t, guidance, given)
     a, b, c_now, c_before = table[i]
+    # The first step taken has no previous prediction: first order, whatever `start` is.
+    c_now, c_before = jnp.where(i == start, 1.0, c_now), jnp.where(i == start, 0.0, c_before)
     x_next = a * x + b * (c_now * x0_now + c_before * x0_before)
     return (x_next if keep is None else jnp.where(keep, x, x_next)), x0_now
 
-  x, _ = jax.lax.fori_loop(0, steps, body, (x, jnp.zeros_like(x)))
+  x, _ = jax.lax.fori_loop(start, steps, body, (x, jnp.zeros_like(x)))
   return x
 
 

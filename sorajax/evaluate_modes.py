@@ -1,0 +1,236 @@
+"""Judging every prompting mode on the built-in world's held-out prompts (the demo report's second
+half; figures in bench/RESULTS.md).
+
+Conditioning clips are drawn by the world's own renderer. Extension and connect need a clip whose
+object still has room to move on, so those modes draw their own straight paths at the training
+clips' speed (`directed_clip`), which also gives the true frames the model should have made.
+Each mode returns {"metrics": {name: value}, "videos": [...]} for the report.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sorajax import prompting
+from sorajax.data import shapes, shapes_judge
+
+
+def _speed(chunk: prompting.Chunk) -> float:
+  """Pixels per frame of a moving object in the training clips (TRAVEL per clip)."""
+  return shapes.TRAVEL * min(chunk.height, chunk.width) / (chunk.frames - 1)
+
+
+def directed_clip(obj: shapes.ObjectSpec, background: str, frames: int, height: int, width: int,
+                  step: float, rng: np.random.Generator) -> np.ndarray:
+  """uint8 (frames, H, W, 3): `obj` moving `step` pixels a frame in its direction, all in view."""
+  axis, sign = shapes.DIRECTIONS[obj.motion]
+  size = rng.uniform(*shapes.SIZE_RANGE) * min(height, width)
+  room = np.array([width, height], np.float64) - size
+  path = step * (frames - 1)
+  if path > room[axis]:
+    raise ValueError(f"a {frames}-frame path of {path:.1f} px does not fit in {room[axis]:.1f} px")
+  start = rng.uniform(0.0, 1.0, 2) * room
+  start[axis] = rng.uniform(0.0, room[axis] - path) + (path if sign < 0 else 0.0)
+  xy = np.repeat(start[None], frames, axis=0)
+  xy[:, axis] += sign * step * np.arange(frames)
+  placement = shapes.Placement(obj, size, xy)
+  return shapes.draw([placement], background, frames=frames, height=height, width=width)
+
+
+def centroids(video: np.ndarray, prompt: shapes.Prompt) -> np.ndarray:
+  """(T, 2) centroid (x, y) of the prompt's color per frame (NaN where it is absent)."""
+  color = list(shapes.COLORS).index(prompt.objects[0].color)
+  mask = shapes_judge.classify_pixels(video, prompt.background) == color
+  count = mask.sum(axis=(1, 2)).astype(np.float64)
+  ys, xs = np.mgrid[:video.shape[1], :video.shape[2]]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.stack([(mask * xs).sum(axis=(1, 2)) / count,
+                     (mask * ys).sum(axis=(1, 2)) / count], axis=1)
+
+
+def _mean(values) -> float:
+  values = [float(v) for v in values if v is not None]
+  return float(np.mean(values)) if values else float("nan")
+
+
+def _jobs(prompts, seeds):
+  return [(p, s) for p in prompts for s in range(seeds)]
+
+
+def _directional(prompts):
+  return [p for p in prompts if p.objects[0].motion in shapes.DIRECTIONS]
+
+
+def animate(generator, chunk, prompts, seeds, settings) -> dict:
+  """Image -> video: the first frame of a rendered clip of the prompt, animated under the prompt."""
+  jobs = _jobs(prompts, seeds)
+  images = np.stack([shapes.render_prompt(p, 1, chunk.height, chunk.width, 100 + s)[0]
+                     for p, s in jobs])
+  videos = prompting.animate(generator, images, [p.caption for p, _ in jobs],
+                             [s for _, s in jobs], chunk, **settings)
+  verdicts = [shapes_judge.judge_prompt(v, p) for v, (p, _) in zip(videos, jobs)]
+  return {"metrics": {k: _mean(v[k] for v in verdicts) for k in ("color", "shape", "motion")},
+          "videos": list(videos)}
+
+
+def extend(generator, chunk, prompts, seeds, settings, backward: bool) -> dict:
+  """One chunk of extension of a clip whose object moves in the prompt's direction: does the new
+  part keep moving that way (judged on the new frames and the given frame next to them)?"""
+  jobs = _jobs(_directional(prompts), seeds)
+  context = prompting._default_context(chunk, None, backward)  # pylint: disable=protected-access
+  new = (chunk.frames - chunk.video_frames(context, first=False) if backward
+         else chunk.frames - chunk.video_frames(context, first=True))
+  frames = chunk.frames + new
+  full = [directed_clip(p.objects[0], p.background, frames, chunk.height, chunk.width,
+                        _speed(chunk), np.random.default_rng(200 + s)) for p, s in jobs]
+  sources = np.stack([f[new:] if backward else f[:chunk.frames] for f in full])
+  videos = prompting.extend(generator, sources, [p.caption for p, _ in jobs],
+                            [s for _, s in jobs], new, backward=backward, chunk=chunk, **settings)
+  window = slice(0, new + 1) if backward else slice(chunk.frames - 1, frames)
+  verdicts = [shapes_judge.judge_prompt(v[window], p) for v, (p, _) in zip(videos, jobs)]
+  error = np.mean([np.abs(v[window].astype(float) - f[window]).mean()
+                   for v, f in zip(videos, full)])
+  return {"metrics": {"motion_continues": _mean(v["motion"] for v in verdicts),
+                      "color": _mean(v["color"] for v in verdicts),
+                      "shape": _mean(v["shape"] for v in verdicts),
+                      "new_frames": new, "pixel_error_vs_truth": float(error)},
+          "videos": list(videos)}
+
+
+def connect(generator, chunk, prompts, seeds, settings) -> dict:
+  """Two clips cut from one straight path, with the chunk's gap between them: the joined clip
+  should show no jump at either given end (largest boundary step over the median step inside
+  the given clips), the prompt's color and shape, and one direction of motion throughout."""
+  jobs = _jobs(_directional(prompts), seeds)
+  first_context = second_context = max(1, (chunk.latents - 1) // 2)
+  head = chunk.video_frames(first_context, first=True)
+  tail = chunk.video_frames(second_context, first=False)
+  gap = chunk.frames - head - tail
+  clip = chunk.frames
+  frames = 2 * clip + gap
+  room = min(chunk.height, chunk.width) * (1 - shapes.SIZE_RANGE[1])
+  step = min(_speed(chunk), room / (frames - 1))
+  full = [directed_clip(p.objects[0], p.background, frames, chunk.height, chunk.width, step,
+                        np.random.default_rng(300 + s)) for p, s in jobs]
+  first = np.stack([f[:clip] for f in full])
+  second = np.stack([f[clip + gap:] for f in full])
+  videos = prompting.connect(generator, first, second, [p.caption for p, _ in jobs],
+                             [s for _, s in jobs], chunk, **settings)
+  ratios, verdicts = [], []
+  for video, (prompt, _) in zip(videos, jobs):
+    steps = np.linalg.norm(np.diff(centroids(video, prompt), axis=0), axis=1)
+    inside = np.concatenate([steps[:clip - 1], steps[clip + gap:]])
+    boundary = max(steps[clip - 1], steps[clip + gap - 1])
+    ratios.append(boundary / max(np.nanmedian(inside), 0.5))  # NaN if the object vanished
+    verdicts.append(shapes_judge.judge_prompt(video, prompt))
+  ratios = np.asarray(ratios)
+  return {"metrics": {"ends_matched": float(np.mean(ratios <= 2.0)),
+                      "boundary_step_over_median": float(np.nanmedian(ratios)),
+                      "color": _mean(v["color"] for v in verdicts),
+                      "shape": _mean(v["shape"] for v in verdicts),
+                      "motion": _mean(v["motion"] for v in verdicts), "gap_frames": gap},
+          "videos": list(videos)}
+
+
+def frame_differences(video: np.ndarray) -> tuple[np.ndarray, float]:
+  """Mean absolute pixel change of each consecutive pair, and of the wrap from last to first."""
+  video = video.astype(np.float32)
+  steps = np.abs(np.diff(video, axis=0)).mean(axis=(1, 2, 3))
+  return steps, float(np.abs(video[0] - video[-1]).mean())
+
+
+def loop(generator, chunk, prompts, seeds, settings) -> dict:
+  """Loops of rendered clips: is the wrap from the last frame to the first no larger than a
+  typical (median) frame-to-frame change of the loop? The transition is one chunk, given one
+  latent frame at each end."""
+  jobs = _jobs(prompts, seeds)
+  sources = np.stack([shapes.render_prompt(p, chunk.frames, chunk.height, chunk.width, 400 + s)
+                      for p, s in jobs])
+  videos = prompting.loop(generator, sources, [p.caption for p, _ in jobs], [s for _, s in jobs],
+                          chunk=chunk, first_context=1, second_context=1, **settings)
+  ratios, verdicts = [], []
+  for video, (prompt, _) in zip(videos, jobs):
+    steps, wrap = frame_differences(video)
+    # A still clip changes by ~0 a frame: one gray level is the floor of a visible change.
+    ratios.append(wrap / max(float(np.median(steps)), 1.0))
+    verdicts.append(shapes_judge.judge_prompt(video, prompt))
+  ratios = np.asarray(ratios)
+  return {"metrics": {"wrap_within_typical": float(np.mean(ratios <= 1.0)),
+                      "wrap_over_median_step": float(np.median(ratios)),
+                      "color": _mean(v["color"] for v in verdicts),
+                      "shape": _mean(v["shape"] for v in verdicts)},
+          "videos": list(videos)}
+
+
+def _recolored(prompt: shapes.Prompt) -> shapes.Prompt:
+  obj = prompt.objects[0]
+  colors = list(shapes.COLORS)
+  other = colors[(colors.index(obj.color) + 3) % len(colors)]  # a far color (red -> yellow...)
+  return shapes.Prompt((shapes.ObjectSpec(other, obj.shape, obj.motion),), prompt.background)
+
+
+def edit(generator, chunk, prompts, seeds, settings, strength: float) -> dict:
+  """Video -> video by text: a rendered clip of the prompt in another color, edited under the
+  prompt. The edit should take the prompt's color and keep the clip's shape and motion."""
+  jobs = _jobs(prompts, seeds)
+  sources = np.stack([shapes.render_prompt(_recolored(p), chunk.frames, chunk.height, chunk.width,
+                                           500 + s) for p, s in jobs])
+  videos = prompting.edit(generator, sources, [p.caption for p, _ in jobs], [s for _, s in jobs],
+                          strength, **settings)
+  verdicts = [shapes_judge.judge_prompt(v, p) for v, (p, _) in zip(videos, jobs)]
+  # How much of the source's layout survives: the object's path against the source's.
+  offsets = [np.nanmean(np.linalg.norm(centroids(v, p) - centroids(s, _recolored(p)), axis=1))
+             for v, s, (p, _) in zip(videos, sources, jobs)]
+  return {"metrics": {"color": _mean(v["color"] for v in verdicts),
+                      "shape": _mean(v["shape"] for v in verdicts),
+                      "motion": _mean(v["motion"] for v in verdicts),
+                      "path_offset_px": float(np.nanmedian(offsets)), "strength": strength},
+          "videos": list(videos)}
+
+
+def rollout(generator, chunk, prompts, settings, seconds: float, fps: int) -> dict:
+  """Minute-long videos, one per prompt: the share of chunk-long windows (and the worst video's
+  share) that still show the prompt's color and shape, over all prompts and over those whose
+  motion stays in view for a minute (bouncing, standing still; the world's straight movers reach
+  a wall within two clips, and training never shows what happens there)."""
+  total = round(seconds * fps)
+  pieces = prompting.rollout(generator, [p.caption for p in prompts], list(range(len(prompts))),
+                             total, chunk=chunk, **settings)
+  window = chunk.frames - 1
+  kept, carry, firsts, lasts = [[] for _ in prompts], None, None, None
+  for piece in pieces:  # judged as it streams: nothing but one window is held per video
+    carry = piece if carry is None else np.concatenate([carry, piece], axis=1)
+    if firsts is None:
+      firsts = carry[:, :window + 1].copy()
+    while carry.shape[1] >= window + 1:
+      for i, prompt in enumerate(prompts):
+        verdict = shapes_judge.judge_prompt(carry[i, :window + 1], prompt)
+        kept[i].append(bool(verdict["color"]) and bool(verdict["shape"]))
+      lasts = carry[:, :window + 1].copy()
+      carry = carry[:, window:]
+  shares = np.asarray([float(np.mean(k)) for k in kept])
+  staying = np.asarray([p.objects[0].motion not in shapes.DIRECTIONS for p in prompts])
+  return {"metrics": {"frames": total, "windows": len(kept[0]),
+                      "color_and_shape_windows": float(shares.mean()),
+                      "worst_video": float(shares.min()),
+                      "color_and_shape_windows_in_view": _mean(shares[staying]),
+                      "worst_video_in_view": float(shares[staying].min()) if staying.any()
+                                             else float("nan")},
+          "videos": list(np.concatenate([firsts, lasts], axis=1))}
+
+
+def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
+                   rollout_prompts: int | None = None, seconds: float = 60.0, fps: int = 8,
+                   strength: float = 0.7) -> dict[str, dict]:
+  """Every mode on the held-out prompts (black background): {mode: {"metrics", "videos"}}."""
+  settings = settings or {}
+  chunk = prompting.Chunk(generator)
+  prompts = shapes.held_out_prompts("black")
+  return {
+      "animate": animate(generator, chunk, prompts, seeds, settings),
+      "extend": extend(generator, chunk, prompts, seeds, settings, backward=False),
+      "extend_back": extend(generator, chunk, prompts, seeds, settings, backward=True),
+      "connect": connect(generator, chunk, prompts, seeds, settings),
+      "loop": loop(generator, chunk, prompts, seeds, settings),
+      "edit": edit(generator, chunk, prompts, seeds, settings, strength),
+      "rollout": rollout(generator, chunk, prompts[:rollout_prompts], settings, seconds, fps),
+  }

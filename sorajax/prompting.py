@@ -1,0 +1,267 @@
+"""Prompting with images and videos: every Sora mode from one frame-conditioned DiT run.
+
+  text      text -> video (`VideoGenerator.generate`)
+  image     text -> image: a one-frame clip
+  animate   image -> video: the image is latent frame 0, held clean
+  extend    a clip continued forward (its last frames given as the first latent frames) or
+            backward (its first frames given as the last ones), chunk after chunk, to any length
+  connect   the end of clip A and the start of clip B given at the two ends of a chunk; the frames
+            between them are generated
+  loop      connect(clip, clip): the clip plus a transition that leads back into its first frames
+  edit      SDEdit: the clip's latents noised part of the way (`strength`) and denoised under a
+            new prompt
+  rollout   text (or an image) -> the first chunk, then forward extension chunk by chunk, yielding
+            frames as they are made: memory holds one chunk and its context, however long the video
+
+The run must have been trained with the matching `flow.given_frames` modes (prefix for forward
+extension and rollouts, suffix for backward, ends for connect and loop, first for animate).
+
+Latent frames of the causal VAE: frame 0 codes one video frame (an image), every later one codes f
+frames (f = the VAE's temporal factor). A clip given at the start of a chunk is encoded as it is. A
+clip given later in the chunk is encoded behind one copy of its own first frame, so it gets the code
+of later frames, with a still frame as the history the causal encoder reads.
+
+Every function is batched: N videos, N captions and N seeds, one output per (video, caption, seed).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from sorajax.data import video_io
+
+MODES = ("text", "image", "animate", "extend", "extend_back", "connect", "loop", "edit", "rollout")
+
+
+def check_captions(captions: Sequence[str], seeds: Sequence[int]) -> None:
+  if len(captions) != len(seeds):
+    raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds; pass one seed per caption")
+  for caption in captions:
+    if not caption.strip():
+      raise ValueError("empty prompt; describe the video in words (the null prompt is only used "
+                       "for guidance)")
+
+
+class Chunk:
+  """The clip size one generation call makes, and how its latent frames map to video frames."""
+
+  def __init__(self, generator, frames: int | None = None, height: int | None = None,
+               width: int | None = None):
+    d = generator.config.data
+    self.frames, self.height, self.width = frames or d.frames, height or d.height, width or d.width
+    generator.objective.check_shape(self.frames, self.height, self.width)
+    self.latent_shape = generator.objective.latent_shape(self.frames, self.height, self.width)
+    self.latents = self.latent_shape[0]
+    self.factor = generator.objective.temporal_factor
+
+  def video_frames(self, latents: int, first: bool) -> int:
+    """Video frames coded by `latents` latent frames, starting at latent frame 0 or later."""
+    return 1 + self.factor * (latents - 1) if first else self.factor * latents
+
+  def needs(self, given: int) -> None:
+    if not 1 <= given < self.latents:
+      raise ValueError(f"{given} given latent frames leave no room in a chunk of {self.latents}; "
+                       f"use 1 to {self.latents - 1} (or longer chunks, --frames)")
+
+
+def fit(videos: np.ndarray, chunk: Chunk, max_frames: int | None = None):
+  """uint8 (N, T, H, W, 3) or (T, H, W, 3) -> (N, 1+f*k, height, width, 3) at the chunk's size, and
+  the notes of what changed for the first clip (video_io.fit_video)."""
+  videos = np.asarray(videos)
+  if videos.ndim == 4:
+    videos = videos[None]
+  fitted = [video_io.fit_video(v, chunk.height, chunk.width, chunk.factor, max_frames)
+            for v in videos]
+  return np.stack([v for v, _ in fitted]), fitted[0][1]
+
+
+def _encode_later(generator, clips: np.ndarray) -> jnp.ndarray:
+  """Latents of f*m video frames placed after latent frame 0: (N, m, h, w, C)."""
+  return generator.encode(np.concatenate([clips[:, :1], clips], axis=1))[:, 1:]
+
+
+def _check_length(videos: np.ndarray, needed: int, mode: str, chunk: Chunk) -> None:
+  if videos.shape[1] < needed:
+    raise ValueError(f"{mode} needs a clip of at least {needed} frames, got {videos.shape[1]}; "
+                     f"pass a longer clip or fewer context latent frames "
+                     f"(1 to {chunk.latents - 1})")
+
+
+def _conditioned(generator, chunk: Chunk, captions, seeds, given_mask: np.ndarray,
+                 given_latents: dict[int, jnp.ndarray], **settings) -> jnp.ndarray:
+  """One chunk of latents with the latent frames at the keys of `given_latents` held clean."""
+  n = len(captions)
+  latents = jnp.zeros((n,) + tuple(chunk.latent_shape), jnp.float32)
+  for index, value in given_latents.items():
+    latents = latents.at[:, index:index + value.shape[1]].set(value)
+  given = np.broadcast_to(given_mask, (n, chunk.latents))
+  return generator.sample_latents(list(captions), list(seeds), chunk.latent_shape, given=given,
+                                  given_latents=latents, **_one_pass(settings))
+
+
+def _one_pass(settings: dict) -> dict:
+  """Prompted chunks are sampled in one pass unless the caller asks for stages."""
+  return {"stage_frames": 0, **settings}
+
+
+def text_to_image(generator, captions, seeds, height=None, width=None, **settings) -> np.ndarray:
+  """uint8 images (N, height, width, 3): one-frame clips."""
+  check_captions(captions, seeds)
+  return generator.generate(list(captions), list(seeds), frames=1, height=height, width=width,
+                            **settings)[:, 0]
+
+
+def animate(generator, images: np.ndarray, captions, seeds, chunk: Chunk | None = None,
+            **settings) -> np.ndarray:
+  """uint8 videos (N, frames, H, W, 3) that start from `images` (N, H, W, 3)."""
+  check_captions(captions, seeds)
+  chunk = chunk or Chunk(generator)
+  images = fit(np.asarray(images)[:, None], chunk, max_frames=1)[0]
+  given = np.arange(chunk.latents) == 0
+  latents = _conditioned(generator, chunk, captions, seeds, given,
+                         {0: generator.encode(images)}, **settings)
+  return generator.decode(latents)
+
+
+def _extend_chunk(generator, chunk, videos, captions, seeds, context, backward, **settings):
+  """The new frames one chunk adds before (backward) or after the clip."""
+  if backward:  # the clip's first f*context frames become the chunk's last latent frames
+    clip = videos[:, :chunk.video_frames(context, first=False)]
+    given = np.arange(chunk.latents) >= chunk.latents - context
+    latents = _conditioned(generator, chunk, captions, seeds, given,
+                           {chunk.latents - context: _encode_later(generator, clip)}, **settings)
+    return generator.decode(latents)[:, :chunk.frames - clip.shape[1]]
+  clip = videos[:, videos.shape[1] - chunk.video_frames(context, first=True):]
+  given = np.arange(chunk.latents) < context
+  latents = _conditioned(generator, chunk, captions, seeds, given, {0: generator.encode(clip)},
+                         **settings)
+  return generator.decode(latents)[:, clip.shape[1]:]
+
+
+def _chunk_seeds(seeds, index: int) -> list[int]:
+  """Seeds of chunk `index` > 0 of a multi-chunk job: distinct per chunk, fixed by the job's seed."""
+  return [(int(s) + 0x9E3779B9 * index) % 2 ** 32 for s in seeds]
+
+
+def _default_context(chunk: Chunk, context: int | None, backward: bool = False) -> int:
+  """Forward: all but one latent frame of the chunk (1 + f*(L-2) frames of context, f new ones).
+  Backward, where every given latent frame is f frames and the new part starts with an image
+  frame: all but two, so a chunk adds 1 + f frames rather than one."""
+  if context is None:
+    context = max(1, chunk.latents - (2 if backward else 1))
+  chunk.needs(context)
+  return context
+
+
+def extend(generator, videos: np.ndarray, captions, seeds, new_frames: int, backward: bool = False,
+           context: int | None = None, chunk: Chunk | None = None, **settings) -> np.ndarray:
+  """The clips (N, T, H, W, 3) with `new_frames` generated frames after them (or before them),
+  made chunk by chunk, each chunk given `context` latent frames of what is there (default:
+  `_default_context`). The clips' own frames come back unchanged."""
+  check_captions(captions, seeds)
+  chunk = chunk or Chunk(generator)
+  context = _default_context(chunk, context, backward)
+  if new_frames < 1:
+    raise ValueError(f"new_frames={new_frames} must be at least 1")
+  videos = np.asarray(videos)
+  if videos.shape[2:4] != (chunk.height, chunk.width):
+    raise ValueError(f"clips are {videos.shape[3]}x{videos.shape[2]}, the chunk is "
+                     f"{chunk.width}x{chunk.height}; fit them first (prompting.fit)")
+  mode = "extend_back" if backward else "extend"
+  _check_length(videos, chunk.video_frames(1, first=not backward), mode, chunk)
+  made, index = 0, 0
+  while made < new_frames:
+    # A short clip gives what it has: fewer context latent frames in the first chunks.
+    have = (videos.shape[1] // chunk.factor if backward
+            else 1 + (videos.shape[1] - 1) // chunk.factor)
+    piece = _extend_chunk(generator, chunk, videos, captions,
+                          seeds if index == 0 else _chunk_seeds(seeds, index),
+                          min(context, have), backward, **settings)
+    videos = (np.concatenate([piece, videos], axis=1) if backward
+              else np.concatenate([videos, piece], axis=1))
+    made, index = made + piece.shape[1], index + 1
+  surplus = made - new_frames
+  return videos[:, surplus:] if backward else videos[:, :videos.shape[1] - surplus]
+
+
+def connect(generator, first: np.ndarray, second: np.ndarray, captions, seeds,
+            chunk: Chunk | None = None, first_context: int | None = None,
+            second_context: int | None = None, **settings) -> np.ndarray:
+  """first (N, Ta, ...) + generated transition + second (N, Tb, ...): one chunk whose first latent
+  frames are the end of `first` and whose last ones are the start of `second`. Between them the
+  chunk generates f * (latents - first_context - second_context) frames."""
+  check_captions(captions, seeds)
+  chunk = chunk or Chunk(generator)
+  default = max(1, (chunk.latents - 1) // 2)
+  first_context = first_context or default
+  second_context = second_context or default
+  chunk.needs(first_context + second_context)
+  head = chunk.video_frames(first_context, first=True)
+  tail = chunk.video_frames(second_context, first=False)
+  _check_length(first, head, "connect (first clip)", chunk)
+  _check_length(second, tail, "connect (second clip)", chunk)
+  given = ((np.arange(chunk.latents) < first_context)
+           | (np.arange(chunk.latents) >= chunk.latents - second_context))
+  latents = _conditioned(generator, chunk, captions, seeds, given, {
+      0: generator.encode(first[:, first.shape[1] - head:]),
+      chunk.latents - second_context: _encode_later(generator, second[:, :tail])}, **settings)
+  transition = generator.decode(latents)[:, head:chunk.frames - tail]
+  return np.concatenate([first, transition, second], axis=1)
+
+
+def loop(generator, videos: np.ndarray, captions, seeds, **kwargs) -> np.ndarray:
+  """The clips plus a generated transition from their end back into their start: played on
+  repeat, frame T-1 of the result is followed by frame 0 as smoothly as by its own successor."""
+  looped = connect(generator, videos, videos, captions, seeds, **kwargs)
+  return looped[:, :looped.shape[1] - videos.shape[1]]
+
+
+def edit(generator, videos: np.ndarray, captions, seeds, strength: float,
+         **settings) -> np.ndarray:
+  """The clips (N, 1+f*k, H, W, 3) redrawn under new captions: their latents are noised to the
+  time `strength` of the way from data to noise and denoised from there (SDEdit)."""
+  check_captions(captions, seeds)
+  videos = np.asarray(videos)
+  frames, height, width = videos.shape[1:4]
+  chunk = Chunk(generator, frames, height, width)
+  source = generator.encode(videos)
+  latents = generator.sample_latents(list(captions), list(seeds), chunk.latent_shape,
+                                     source=source, strength=strength, **_one_pass(settings))
+  return generator.decode(latents)
+
+
+def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | None = None,
+            context: int | None = None, chunk: Chunk | None = None,
+            **settings) -> Iterator[np.ndarray]:
+  """Yields uint8 pieces (N, t, H, W, 3) of videos `total_frames` long, first to last.
+
+  The first chunk comes from text (or animates `images`); each later one extends the frames made
+  so far. Only the last chunk's context frames are kept between chunks, so memory does not grow
+  with the length, and a caller can write each piece out as it comes (video_io.Mp4Writer).
+  """
+  check_captions(captions, seeds)
+  chunk = chunk or Chunk(generator)
+  context = _default_context(chunk, context)
+  if total_frames < 1:
+    raise ValueError(f"total_frames={total_frames} must be at least 1")
+  if images is None:
+    latents = generator.sample_latents(list(captions), list(seeds), chunk.latent_shape,
+                                       **_one_pass(settings))
+    piece = generator.decode(latents)
+  else:
+    piece = animate(generator, images, captions, seeds, chunk, **settings)
+  keep = chunk.video_frames(context, first=True)
+  tail = piece[:, :0]
+  made, index = 0, 0
+  while True:
+    piece = piece[:, :total_frames - made]
+    yield piece
+    made += piece.shape[1]
+    if made >= total_frames:
+      return
+    tail = np.concatenate([tail, piece], axis=1)[:, -keep:]  # the next chunk's context
+    index += 1
+    piece = _extend_chunk(generator, chunk, tail, captions, _chunk_seeds(seeds, index), context,
+                          backward=False, **settings)

@@ -1,0 +1,60 @@
+"""The prompting-mode judges: their conditioning clips and measures are right on known videos, and
+every mode runs end to end on a tiny run."""
+import numpy as np
+import pytest
+
+from sorajax import evaluate_modes, prompting
+from sorajax.data import shapes, shapes_judge
+
+
+@pytest.mark.parametrize("motion", ["left", "right", "up", "down"])
+def test_directed_clips_move_as_told_and_stay_in_view(motion):
+  prompt = shapes.Prompt((shapes.ObjectSpec("red", "circle", motion),), "black")
+  video = evaluate_modes.directed_clip(prompt.objects[0], "black", 14, 32, 32, 1.6,
+                                       np.random.default_rng(0))
+  verdict = shapes_judge.judge_prompt(video, prompt)
+  assert verdict["color"] and verdict["shape"] and verdict["motion"]
+  track = evaluate_modes.centroids(video, prompt)
+  axis, sign = shapes.DIRECTIONS[motion]
+  np.testing.assert_allclose(np.diff(track[:, axis]), sign * 1.6, atol=0.35)
+  with pytest.raises(ValueError, match="does not fit"):
+    evaluate_modes.directed_clip(prompt.objects[0], "black", 40, 32, 32, 1.6,
+                                 np.random.default_rng(0))
+
+
+def test_frame_differences_see_a_seamless_wrap():
+  prompt = shapes.Prompt((shapes.ObjectSpec("blue", "square", "right"),), "black")
+  there = evaluate_modes.directed_clip(prompt.objects[0], "black", 7, 32, 32, 1.6,
+                                       np.random.default_rng(1))
+  loop = np.concatenate([there, there[-2:0:-1]])  # right then back: frame 0 follows the last
+  steps, wrap = evaluate_modes.frame_differences(loop)
+  assert wrap <= np.median(steps)
+  _, cut = evaluate_modes.frame_differences(there)  # played on repeat it jumps back
+  assert cut > 2 * np.median(steps)
+
+
+def test_every_mode_runs_and_reports_its_measures(dit_workdir):
+  from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
+  generator = VideoGenerator(dit_workdir)
+  chunk = prompting.Chunk(generator, frames=9)
+  prompts = shapes.held_out_prompts("black")[:3]
+  settings = dict(steps=2)
+  results = {
+      "animate": evaluate_modes.animate(generator, chunk, prompts, 1, settings),
+      "extend_back": evaluate_modes.extend(generator, chunk, prompts, 1, settings, backward=True),
+      "connect": evaluate_modes.connect(generator, chunk, prompts, 1, settings),
+      "loop": evaluate_modes.loop(generator, chunk, prompts, 1, settings),
+      "edit": evaluate_modes.edit(generator, chunk, prompts, 1, settings, 0.5),
+      "rollout": evaluate_modes.rollout(generator, chunk, prompts[:2], settings, seconds=3, fps=8),
+  }
+  for mode, result in results.items():
+    for name, value in result["metrics"].items():
+      if name in ("color", "shape", "motion", "motion_continues", "ends_matched",
+                  "wrap_within_typical", "color_and_shape_windows", "worst_video",
+                  "color_and_shape_windows_in_view", "worst_video_in_view"):
+        assert 0.0 <= value <= 1.0 or np.isnan(value), (mode, name, value)
+    assert all(v.dtype == np.uint8 and v.ndim == 4 for v in result["videos"]), mode
+  assert results["connect"]["metrics"]["gap_frames"] == 4
+  assert results["extend_back"]["metrics"]["new_frames"] == 5
+  assert results["rollout"]["metrics"]["frames"] == 24
+  assert results["rollout"]["metrics"]["windows"] == 2  # 24 frames: two 9-frame windows

@@ -1,0 +1,204 @@
+"""Every prompting mode on a tiny run: shapes, masks, given frames kept, boundaries, flat rollouts."""
+import tracemalloc
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from sorajax import configuration, prompting
+from sorajax.data import video_io
+
+STEPS = dict(steps=2, guidance=2.0)
+
+
+@pytest.fixture(scope="module")
+def generator(dit_workdir):
+  from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
+  return VideoGenerator(dit_workdir)
+
+
+@pytest.fixture
+def calls(generator, monkeypatch):
+  """Records the given mask and latents of every sampling call."""
+  seen = []
+  sample = generator.sample_latents
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs)
+    return sample(*args, **kwargs)
+
+  monkeypatch.setattr(generator, "sample_latents", spy)
+  return seen
+
+
+def clips(n, frames, size=16, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, frames, size, size, 3), dtype=np.uint8)
+
+
+def roundtrip(generator, videos):
+  return generator.decode(generator.encode(videos))
+
+
+def test_text_to_image_and_animate_keep_the_given_image(generator, calls):
+  images = prompting.text_to_image(generator, ["a red circle"], [0], **STEPS)
+  assert images.shape == (1, 16, 16, 3) and images.dtype == np.uint8
+  start = clips(2, 1)[:, 0]
+  videos = prompting.animate(generator, start, ["a red circle moving left"] * 2, [0, 1], **STEPS)
+  assert videos.shape == (2, 5, 16, 16, 3)
+  np.testing.assert_array_equal(calls[-1]["given"], [[True, False]] * 2)
+  # The first frame is the image as the VAE codes it: exactly its round trip.
+  np.testing.assert_array_equal(videos[:, 0], roundtrip(generator, start[:, None])[:, 0])
+  assert not np.array_equal(videos[0, 1:], videos[1, 1:])  # seeds still differ
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_extend_keeps_the_clip_and_adds_frames_on_its_side(generator, calls, backward):
+  # 3 latent frames a chunk. Forward: 2 given (5 frames), 4 new frames; backward: the last one
+  # given (4 frames), 5 new frames.
+  chunk = prompting.Chunk(generator, frames=9)
+  source = clips(2, 9, seed=1)
+  out = prompting.extend(generator, source, ["a blue square moving up"] * 2, [3, 4], new_frames=6,
+                         backward=backward, chunk=chunk, **STEPS)
+  assert out.shape == (2, 15, 16, 16, 3)
+  kept = out[:, 6:] if backward else out[:, :9]
+  np.testing.assert_array_equal(kept, source)  # the given clip comes back as it was
+  assert len(calls) == 2
+  mask = [False, False, True] if backward else [True, True, False]
+  for call in calls:
+    np.testing.assert_array_equal(call["given"], [mask] * 2)
+  # The first chunk holds the clip's own latents where it is given.
+  first = calls[0]
+  if backward:
+    expected = prompting._encode_later(generator, source[:, :4])
+    np.testing.assert_allclose(first["given_latents"][:, 2:], expected, atol=1e-5)
+  else:
+    np.testing.assert_allclose(first["given_latents"][:, :2], generator.encode(source[:, 4:]),
+                               atol=1e-5)
+
+
+def test_connect_and_loop_join_the_given_ends(generator, calls):
+  chunk = prompting.Chunk(generator, frames=9)
+  a, b = clips(1, 5, seed=2), clips(1, 9, seed=3)
+  out = prompting.connect(generator, a, b, ["a green triangle bouncing"], [0], chunk=chunk, **STEPS)
+  assert out.shape == (1, 5 + 4 + 9, 16, 16, 3)
+  np.testing.assert_array_equal(out[:, :5], a)
+  np.testing.assert_array_equal(out[:, 9:], b)
+  call = calls[-1]
+  np.testing.assert_array_equal(call["given"], [[True, False, True]])
+  np.testing.assert_allclose(call["given_latents"][:, :1], generator.encode(a[:, 4:]), atol=1e-5)
+  np.testing.assert_allclose(call["given_latents"][:, 2:],
+                             prompting._encode_later(generator, b[:, :4]), atol=1e-5)
+  looped = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk, **STEPS)
+  assert looped.shape == (1, 9 + 4, 16, 16, 3)
+  np.testing.assert_array_equal(looped[:, :9], b)
+  # The loop's end leads into its own start: the transition is generated towards b's first frames.
+  np.testing.assert_allclose(calls[-1]["given_latents"][:, 2:],
+                             prompting._encode_later(generator, b[:, :4]), atol=1e-5)
+  np.testing.assert_allclose(calls[-1]["given_latents"][:, :1], generator.encode(b[:, 8:]),
+                             atol=1e-5)
+
+
+def test_edit_strength_moves_from_the_source_to_a_new_video(generator):
+  source = roundtrip(generator, clips(1, 5, seed=4))
+  caption, seed = ["a yellow circle standing still"], [7]
+  full = prompting.edit(generator, source, caption, seed, strength=1.0, **STEPS)
+  # Strength 1 starts from pure noise: the same video as text -> video with that seed.
+  fresh = generator.generate(caption, seed, stage_frames=0, **STEPS)
+  assert np.abs(full.astype(int) - fresh).max() <= 1
+  light = prompting.edit(generator, source, caption, seed, strength=0.5, **STEPS)
+  distance = lambda v: np.abs(v.astype(float) - source).mean()
+  assert distance(light) < distance(full)
+
+
+def test_rollout_memory_stays_flat_as_chunks_are_added(generator):
+  chunk = prompting.Chunk(generator, frames=9)
+  caption, seeds = ["a cyan square moving right"], [0]
+
+  def peak_bytes(total):
+    pieces = prompting.rollout(generator, caption, seeds, total, chunk=chunk, **STEPS)
+    next(pieces)  # compiles and warms up outside the measurement
+    tracemalloc.start()
+    frames, live = 9, []
+    for piece in pieces:
+      frames += piece.shape[1]
+      live.append(sum(a.nbytes for a in jax.live_arrays()))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert frames == total
+    return peak, live
+
+  short_peak, short_live = peak_bytes(9 + 4 * 3)
+  long_peak, long_live = peak_bytes(9 + 4 * 12)
+  assert long_peak < 1.25 * short_peak + 64 * 1024
+  assert max(long_live) <= max(short_live) * 1.05 + 1024
+
+
+def test_rollout_pieces_continue_each_other(generator):
+  chunk = prompting.Chunk(generator, frames=9)
+  pieces = list(prompting.rollout(generator, ["a red square moving down"], [5], 17, chunk=chunk,
+                                  **STEPS))
+  assert [p.shape[1] for p in pieces] == [9, 4, 4]
+  again = list(prompting.rollout(generator, ["a red square moving down"], [5], 17, chunk=chunk,
+                                 **STEPS))
+  for p, q in zip(pieces, again):  # reproducible from the seed
+    np.testing.assert_array_equal(p, q)
+
+
+def test_fit_video_crops_resizes_and_trims_with_notes():
+  video = np.zeros((12, 48, 64, 3), np.uint8)
+  video[:, :, 8:56] = 200  # the centered 48x48 square survives the crop
+  fitted, notes = video_io.fit_video(video, 16, 16, temporal_factor=4)
+  assert fitted.shape == (9, 16, 16, 3)
+  assert notes == ["trimmed 12 -> 9 frames (1 + 4k)", "resized 64x48 -> 16x16 (center crop 48x48)"]
+  assert fitted.min() == 200
+  same, notes = video_io.fit_video(video[:9, :16, :16], 16, 16, temporal_factor=4)
+  assert notes == [] and same.shape == (9, 16, 16, 3)
+
+
+def test_read_media_reads_images_and_videos_and_names_bad_files(tmp_path):
+  image = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+  Image.fromarray(image).save(tmp_path / "a.png")
+  np.testing.assert_array_equal(video_io.read_media(str(tmp_path / "a.png")), image[None])
+  video = np.repeat(np.linspace(0, 250, 5).astype(np.uint8)[:, None, None, None], 16, 1)
+  video = np.repeat(np.repeat(video, 16, 2), 3, 3)
+  video_io.write_mp4(str(tmp_path / "v.mp4"), video)
+  read = video_io.read_media(str(tmp_path / "v.mp4"))
+  assert read.shape == (5, 16, 16, 3)
+  assert np.abs(read.astype(int) - video).max() <= 4  # H.264 at crf 18
+  (tmp_path / "bad.mp4").write_bytes(b"not a video")
+  with pytest.raises(ValueError, match="cannot read .*bad.mp4.* as an image or video"):
+    video_io.read_media(str(tmp_path / "bad.mp4"))
+  with pytest.raises(ValueError, match="does not exist"):
+    video_io.read_media(str(tmp_path / "missing.png"))
+
+
+def test_mp4_writer_streams_pieces_and_leaves_nothing_on_error(tmp_path):
+  path = str(tmp_path / "long.mp4")
+  with video_io.Mp4Writer(path) as writer:
+    for _ in range(3):
+      writer.write(np.zeros((4, 16, 16, 3), np.uint8))
+  assert video_io.read_video(path).shape[0] == 12
+  broken = str(tmp_path / "broken.mp4")
+  with pytest.raises(RuntimeError):
+    with video_io.Mp4Writer(broken) as writer:
+      writer.write(np.zeros((4, 16, 16, 3), np.uint8))
+      raise RuntimeError("render failed")
+  assert list(tmp_path.iterdir()) == [tmp_path / "long.mp4"]
+
+
+def test_bad_prompting_input_is_named(generator):
+  chunk = prompting.Chunk(generator, frames=9)
+  with pytest.raises(ValueError, match="empty prompt"):
+    prompting.animate(generator, clips(1, 1)[:, 0], ["  "], [0], **STEPS)
+  for strength in (0.0, 1.5):
+    with pytest.raises(configuration.ConfigError, match=r"strength=.* must be in \(0, 1\]"):
+      prompting.edit(generator, clips(1, 5), ["a red circle"], [0], strength=strength, **STEPS)
+  with pytest.raises(ValueError, match="extend_back needs a clip of at least 4 frames, got 1"):
+    prompting.extend(generator, clips(1, 1), ["a red circle"], [0], 4, backward=True, chunk=chunk)
+  with pytest.raises(ValueError, match=r"connect \(second clip\) needs a clip of at least 4"):
+    prompting.connect(generator, clips(1, 5), clips(1, 2), ["a red circle"], [0], chunk=chunk)
+  with pytest.raises(ValueError, match="leave no room in a chunk of 3; use 1 to 2"):
+    prompting.extend(generator, clips(1, 9), ["a red circle"], [0], 4, context=3, chunk=chunk)
+  with pytest.raises(configuration.ConfigError, match="guidance=60.0 is out of range"):
+    prompting.text_to_image(generator, ["a red circle"], [0], steps=2, guidance=60.0)
