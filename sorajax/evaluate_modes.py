@@ -101,7 +101,7 @@ def connect(generator, chunk, prompts, seeds, settings) -> dict:
   should show no jump at either given end (largest boundary step over the median step inside
   the given clips), the prompt's color and shape, and one direction of motion throughout."""
   jobs = _jobs(_directional(prompts), seeds)
-  first_context = second_context = max(1, (chunk.latents - 1) // 2)
+  first_context = second_context = prompting.connect_context(chunk)
   head = chunk.video_frames(first_context, first=True)
   tail = chunk.video_frames(second_context, first=False)
   gap = chunk.frames - head - tail

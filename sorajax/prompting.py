@@ -186,6 +186,11 @@ def extend(generator, videos: np.ndarray, captions, seeds, new_frames: int, back
   return videos[:, surplus:] if backward else videos[:, :videos.shape[1] - surplus]
 
 
+def connect_context(chunk: Chunk) -> int:
+  """Default latent frames given at each end of a connecting chunk: half of what leaves one free."""
+  return max(1, (chunk.latents - 1) // 2)
+
+
 def connect(generator, first: np.ndarray, second: np.ndarray, captions, seeds,
             chunk: Chunk | None = None, first_context: int | None = None,
             second_context: int | None = None, **settings) -> np.ndarray:
@@ -194,9 +199,8 @@ def connect(generator, first: np.ndarray, second: np.ndarray, captions, seeds,
   chunk generates f * (latents - first_context - second_context) frames."""
   check_captions(captions, seeds)
   chunk = chunk or Chunk(generator)
-  default = max(1, (chunk.latents - 1) // 2)
-  first_context = first_context or default
-  second_context = second_context or default
+  first_context = first_context or connect_context(chunk)
+  second_context = second_context or connect_context(chunk)
   chunk.needs(first_context + second_context)
   head = chunk.video_frames(first_context, first=True)
   tail = chunk.video_frames(second_context, first=False)
