@@ -31,6 +31,9 @@ _SAMPLER = flags.DEFINE_string("sampler", None, "euler, heun or dpm_solver_2m (d
 _MODES = flags.DEFINE_bool("modes", None, "Judge the prompting modes too (default: when the run "
                             "was trained with flow.given_frames).")
 _MODE_SEEDS = flags.DEFINE_integer("mode_seeds", 2, "Samples per held-out prompt in each mode.")
+_GIVEN_NOISE = flags.DEFINE_float(
+    "given_noise", None, "Prompting modes: noise level the given frames are shown at (default: the "
+    "run's sample.given_noise).")
 _ROLLOUT_SECONDS = flags.DEFINE_float("rollout_seconds", 60.0, "Length of the judged rollouts.")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
@@ -132,6 +135,8 @@ def main(argv):
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
   out = _OUT.value or os.path.join(_WORKDIR.value, "report")
   generator = VideoGenerator(_WORKDIR.value)
+  if _GIVEN_NOISE.value is not None:  # before the held-out samples, not after
+    generator.check_given_noise(_GIVEN_NOISE.value)
   start = time.perf_counter()
   rows, videos = evaluate_heldout(generator, _SEEDS.value, _BATCH.value, _STEPS.value,
                                   _GUIDANCE.value, _STAGE_FRAMES.value, _SAMPLER.value)
@@ -149,7 +154,10 @@ def main(argv):
   if _MODES.value or (_MODES.value is None and trained_modes):
     from sorajax import evaluate_modes  # pylint: disable=import-outside-toplevel
     start = time.perf_counter()
-    settings = dict(steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
+    settings = dict(steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value,
+                    given_noise=_GIVEN_NOISE.value)
+    info["given_noise"] = (generator.config.sample.get("given_noise", 0.0)
+                           if _GIVEN_NOISE.value is None else _GIVEN_NOISE.value)
     modes = evaluate_modes.evaluate_modes(generator, _MODE_SEEDS.value, settings,
                                           seconds=_ROLLOUT_SECONDS.value)
     info["modes"] = {mode: result["metrics"] for mode, result in modes.items()}

@@ -61,9 +61,9 @@ class VideoGenerator:
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
     self.coder = vae_chunked.ChunkedCoder(self.objective.vae, self.frozen["vae"], DECODE_CHUNK)
 
-  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11))
+  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
   def _generate(self, params, frozen, tokens, token_mask, latent_shape, sampler, steps, guidance,
-                shift, stage_frames, start, seeds, given, given_latents, source):
+                shift, stage_frames, start, given_time, seeds, given, given_latents, source):
     def noise(stage):  # sample i's first stage draws from key(seed_i), later ones from folds of it
       key = lambda s: jax.random.key(s) if stage == 0 else jax.random.fold_in(jax.random.key(s), stage)
       correlation = self.objective.frame_noise_correlation  # the prior the run was trained from
@@ -78,15 +78,27 @@ class VideoGenerator:
                                      pick(token_mask, null_mask))
 
     solve = samplers.get_sampler(sampler)
+
+    def solve_around(x, stage_noise, held, clean, first=0):
+      """Samples from x with the `held` frames of `clean` given: seen noised to `given_time`
+      (by this stage's noise) and put back clean afterwards."""
+      if held is None:
+        return solve(velocity, x, steps, guidance, shift, start=first)
+      seen = clean
+      if given_time:
+        seen = flow.interpolate(clean, stage_noise, jnp.full(clean.shape[:1], given_time))
+      out = solve(velocity, x, steps, guidance, shift, held, seen, first, given_time)
+      return jnp.where(held.reshape(held.shape + (1,) * (out.ndim - 2)), clean, out)
+
     x = noise(0)
     if source is not None:  # an edit starts from the source clip noised to the start time
       x = flow.interpolate(source, x, jnp.full(x.shape[:1], samplers.time_grid(steps, shift)[start]))
-    latents = solve(velocity, x, steps, guidance, shift, given, given_latents, start)
+    latents = solve_around(x, noise(0), given, given_latents, start)
     for stage, fixed in enumerate(stage_prefixes(latent_shape[0], stage_frames), start=1):
       staged = jnp.broadcast_to(jnp.arange(latent_shape[0]) < fixed, latents.shape[:2])
       if given is not None:
         staged = staged | given
-      latents = solve(velocity, noise(stage), steps, guidance, shift, staged, latents)
+      latents = solve_around(noise(stage), noise(stage), staged, latents)
     return latents
 
   def encode(self, videos: np.ndarray) -> jax.Array:
@@ -108,12 +120,13 @@ class VideoGenerator:
                      shift: float | None = None, stage_frames: int | None = None,
                      sampler: str | None = None, given: np.ndarray | None = None,
                      given_latents: jax.Array | None = None, source: jax.Array | None = None,
-                     strength: float = 1.0) -> jax.Array:
+                     strength: float = 1.0, given_noise: float | None = None) -> jax.Array:
     """Unit-scale latents (N, *latent_shape), one per (caption, seed) pair.
 
-    `given` (N, T) bool with `given_latents` (N, *latent_shape) holds those latent frames clean;
-    `source` latents with `strength` < 1 start from the source noised part of the way (SDEdit).
-    Unset settings take the run's `config.sample` values.
+    `given` (N, T) bool with `given_latents` (N, *latent_shape) holds those latent frames fixed,
+    shown to the model noised to the time `given_noise` (at most the run's flow.given_noise) and
+    returned clean; `source` latents with `strength` < 1 start from the source noised part of the
+    way (SDEdit). Unset settings take the run's `config.sample` values.
     """
     if len(captions) != len(seeds):
       raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
@@ -135,6 +148,9 @@ class VideoGenerator:
       raise ConfigError(str(e)) from e
     if start and source is None:
       raise ValueError("strength < 1 edits a source clip; pass source latents")
+    if given_noise is None:
+      given_noise = self.config.sample.get("given_noise", 0.0)
+    self.check_given_noise(given_noise)
     prefixes = stage_prefixes(latent_shape[0], stage_frames)
     trained = self.objective.given_frames
     if prefixes and not (trained.get("prefix", 0.0) > 0
@@ -148,13 +164,22 @@ class VideoGenerator:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return self._generate(self.params, self.frozen, jnp.asarray(tokens), jnp.asarray(mask),
                             tuple(latent_shape), sampler, steps, float(guidance), shift,
-                            int(stage_frames), start, jnp.asarray(seeds, jnp.uint32), given,
+                            int(stage_frames), start, float(given_noise),
+                            jnp.asarray(seeds, jnp.uint32), given,
                             given_latents, source)
+
+  def check_given_noise(self, level: float) -> None:
+    """Given frames can be shown noised only up to the level the run was trained with."""
+    trained = self.objective.given_noise
+    if not 0.0 <= level <= trained:
+      raise ConfigError(f"given_noise={level} is out of range; this run was trained with given "
+                        f"frames noised up to flow.given_noise={trained:g}: use 0 to {trained:g}")
 
   def generate(self, captions: list[str], seeds: list[int], *, frames: int | None = None,
                height: int | None = None, width: int | None = None, steps: int | None = None,
                guidance: float | None = None, shift: float | None = None,
-               stage_frames: int | None = None, sampler: str | None = None) -> np.ndarray:
+               stage_frames: int | None = None, sampler: str | None = None,
+               given_noise: float | None = None) -> np.ndarray:
     """uint8 videos (N, frames, height, width, 3), one per (caption, seed) pair.
 
     Unset settings take the run's `config.sample` values. `shift` is the time shift at the run's
@@ -165,5 +190,6 @@ class VideoGenerator:
     self.objective.check_shape(frames, height, width)
     latent_shape = self.objective.latent_shape(frames, height, width)
     latents = self.sample_latents(captions, seeds, latent_shape, steps=steps, guidance=guidance,
-                                  shift=shift, stage_frames=stage_frames, sampler=sampler)
+                                  shift=shift, stage_frames=stage_frames, sampler=sampler,
+                                  given_noise=given_noise)
     return self.decode(latents)

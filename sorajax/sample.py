@@ -44,6 +44,9 @@ _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's 
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the run's sample.guidance).")
 _SAMPLER = flags.DEFINE_string("sampler", None, "euler, heun or dpm_solver_2m (default: the run's "
                                "sample.sampler).")
+_GIVEN_NOISE = flags.DEFINE_float(
+    "given_noise", None, "Noise level the given frames are shown at, 0 to the run's "
+    "flow.given_noise (default: the run's sample.given_noise).")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "text: latent frames fixed per sampling stage, 0 for one pass (default: "
     "the run's sample.stage_frames).")
@@ -142,7 +145,8 @@ def main(argv):
     for i in range(_NUM_SAMPLES.value):
       captions.append(prompt)
       seeds.append(_SEED.value + i)
-  settings = dict(steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
+  settings = dict(steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value,
+                  given_noise=_GIVEN_NOISE.value)
   os.makedirs(_OUT.value, exist_ok=True)
   stems = [os.path.join(_OUT.value, f"{index:03d}_{slug(caption)}_seed{seed}")
            for index, (caption, seed) in enumerate(zip(captions, seeds))]

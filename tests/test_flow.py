@@ -113,6 +113,31 @@ def test_given_frames_are_clean_at_time_zero_and_outside_the_loss():
   np.testing.assert_allclose(float(loss), (1 / 3 + 1 / 4 + 1 / 2) / 3, rtol=1e-5)
 
 
+def test_given_noise_shows_given_frames_noised_to_a_small_time_and_keeps_them_out_of_the_loss():
+  x0 = jax.random.normal(jax.random.key(1), (64, 3, 2, 2))
+  given = jnp.zeros((64, 3), bool).at[:, 0].set(True)
+  seen = {}
+
+  def oracle(x_t, t):  # exact everywhere: recovers the noise from x_t, knowing x0
+    seen["x_t"], seen["t"] = x_t, t
+    tt = t[:, :, None, None]
+    return (x_t - (1 - tt) * x0) / jnp.maximum(tt, 1e-6) - x0
+
+  loss, _ = flow.flow_matching_loss(oracle, x0, jax.random.key(2), given=given, given_noise=0.2)
+  assert float(loss) < 1e-6
+  given_t = np.asarray(seen["t"])[:, 0]
+  assert 0.0 <= given_t.min() and given_t.max() <= 0.2
+  assert given_t.std() > 0.03  # drawn per example, not one level for the batch
+  assert float(jnp.abs(seen["x_t"][:, 0] - x0[:, 0]).max()) > 0.01  # really noised
+  # The generated frames see exactly what they would without it.
+  flow.flow_matching_loss(oracle, x0, jax.random.key(2), given=given)
+  clean_x_t = seen["x_t"]
+  flow.flow_matching_loss(oracle, x0, jax.random.key(2), given=given, given_noise=0.2)
+  np.testing.assert_array_equal(seen["x_t"][:, 1:], clean_x_t[:, 1:])
+  with pytest.raises(ValueError, match=r"flow.given_noise=1.5 must be in \[0, 1\)"):
+    flow.flow_matching_loss(oracle, x0, jax.random.key(2), given=given, given_noise=1.5)
+
+
 def test_euler_keeps_given_frames_and_lands_the_rest_on_data():
   x0 = jax.random.normal(jax.random.key(0), (2, 3, 4))
   noise = jax.random.normal(jax.random.key(1), (2, 3, 4))
@@ -131,6 +156,14 @@ def test_euler_keeps_given_frames_and_lands_the_rest_on_data():
   assert times[0].shape == (2, 3)
   with pytest.raises(ValueError, match="both"):
     samplers.euler(velocity, noise, steps=2, given=given)
+  # Given frames noised by the caller (flow.given_noise) are shown at their time, not at 0.
+  times.clear()
+  with jax.disable_jit():  # concrete times from inside the sampler's loop
+    out = samplers.euler(velocity, noise, steps=3, given=given, given_latents=x0, given_time=0.1)
+  np.testing.assert_allclose(out[0, 0], x0[0, 0])
+  shown = np.asarray(times[0])
+  np.testing.assert_allclose(shown[np.asarray(given)], 0.1)
+  assert np.all(shown[~np.asarray(given)] == 1.0)
 
 
 def test_frame_noise_has_unit_variance_and_the_asked_correlation_between_frames():
@@ -202,11 +235,12 @@ def test_motion_term_adds_the_error_of_the_frame_to_frame_change():
   constant, _ = flow.flow_matching_loss(lambda x_t, t: biased_oracle(x_t, t) - bias + 1.0, x0,
                                         jax.random.key(2), motion_weight=0.5)
   np.testing.assert_allclose(float(constant), 1.0, rtol=1e-5)
-  # With frame 0 given, only the change from frame 1 to 2 is scored.
-  given = jnp.zeros((4, 3), bool).at[:, 0].set(True)
+  # With frame 1 given, its error counts as 0 (its clean frame is known) and both steps next to
+  # it are scored: errors 0, [0], -1 change by 0 and -1; the plain error averages frames 0 and 2.
+  given = jnp.zeros((4, 3), bool).at[:, 1].set(True)
   loss, _ = flow.flow_matching_loss(biased_oracle, x0, jax.random.key(2), given=given,
                                     motion_weight=0.5)
-  np.testing.assert_allclose(float(loss), 1.0 + 0.5 * 4.0, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), 0.5 + 0.5 * 0.5, rtol=1e-5)
 
 
 def test_time_shift_grows_with_sequence_length_and_moves_training_times_to_noise():

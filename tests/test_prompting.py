@@ -2,6 +2,7 @@
 import tracemalloc
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -202,3 +203,27 @@ def test_bad_prompting_input_is_named(generator):
     prompting.extend(generator, clips(1, 9), ["a red circle"], [0], 4, context=3, chunk=chunk)
   with pytest.raises(configuration.ConfigError, match="guidance=60.0 is out of range"):
     prompting.text_to_image(generator, ["a red circle"], [0], steps=2, guidance=60.0)
+
+
+def test_given_noise_is_range_checked_and_given_frames_come_back_clean(generator, monkeypatch):
+  chunk = prompting.Chunk(generator)
+  given = np.arange(chunk.latents)[None] == 0
+  latents = jax.random.normal(jax.random.key(3), (1,) + tuple(chunk.latent_shape))
+  sample = lambda level: generator.sample_latents(["a red circle"], [0], chunk.latent_shape,
+                                                  given=given, given_latents=latents,
+                                                  given_noise=level, **STEPS)
+  with pytest.raises(configuration.ConfigError,
+                     match=r"given_noise=0.1 is out of range; .*flow.given_noise=0: use 0 to 0"):
+    sample(0.1)
+  monkeypatch.setattr(generator.objective, "given_noise", 0.2)  # as if trained with it
+  # A stand-in model that mixes frames, so what it is shown of the given frame shows in the rest
+  # (steps=5, used by no other test, keeps the sampler from reusing a compile of the real model).
+  monkeypatch.setattr(generator.objective, "velocity", lambda params, x, t, tokens, mask:
+                      jnp.broadcast_to(x.mean(axis=1, keepdims=True), x.shape))
+  sample = lambda level: generator.sample_latents(["a red circle"], [0], chunk.latent_shape,
+                                                  given=given, given_latents=latents,
+                                                  given_noise=level, steps=5)
+  clean, noised = sample(0.0), sample(0.2)
+  np.testing.assert_array_equal(noised[:, 0], latents[:, 0])  # returned as given, not noised
+  np.testing.assert_array_equal(clean[:, 0], latents[:, 0])
+  assert float(jnp.abs(noised[:, 1:] - clean[:, 1:]).max()) > 1e-4  # the model saw them noised

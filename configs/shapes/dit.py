@@ -74,6 +74,10 @@ def get_config(arg=None):
   # This mix kept text -> video's color AND motion at 75.0% (bench/RESULTS.md, issue 5).
   config.flow.given_frames = ml_collections.ConfigDict(dict(
       first=0.05, prefix=0.1, last=0.0, suffix=0.15, ends=0.15, random=0.0))
+  # > 0: each example's given frames are noised to a time uniform in [0, given_noise] and the model
+  # is told it, so it learns to continue frames that are only nearly right (flow.py); sampling then
+  # shows given frames at sample.given_noise.
+  config.flow.given_noise = 0.0
   # Correlation of the noise between latent frames (0: independent; see flow.frame_noise). 0.5
   # doubled the demo's motion accuracy at 600 steps (bench/RESULTS.md, third round).
   config.flow.frame_noise_correlation = 0.5
@@ -98,6 +102,9 @@ def get_config(arg=None):
   # > 0: generate k latent frames per stage, each stage given the ones before (needs
   # flow.given_frames.prefix > 0); 0: the whole clip in one pass.
   config.sample.stage_frames = 0
+  # Noise level given frames (a prompt image or clip, a rollout's context) are shown at; 0 to
+  # flow.given_noise.
+  config.sample.given_noise = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = arg.batch

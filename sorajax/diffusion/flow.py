@@ -12,7 +12,11 @@ per-value error is dominated by appearance, which a model gets from the color an
 early, while the direction words only pay off in how the frames differ.
 
 Frames may be *given*: they stay clean at t=0 while the rest of the clip is noised, the model sees
-per-frame times, and the loss counts only the frames it has to generate.
+per-frame times, and the loss counts only the frames it has to generate. With `given_noise` > 0 each
+example's given frames are noised a little, to a time drawn from [0, given_noise], and the model is
+told that time: it learns to continue frames that are only nearly right (its own earlier output,
+re-encoded), which is what keeps a chunk-by-chunk rollout from drifting (noise augmentation, as in
+GameNGen and the autoregressive video models after it).
 """
 from __future__ import annotations
 
@@ -59,6 +63,11 @@ def check_frame_correlation(correlation: float) -> None:
                      "(0: independent noise per frame)")
 
 
+def check_given_noise(level: float, name: str = "flow.given_noise") -> None:
+  if not 0.0 <= level < 1.0:
+    raise ValueError(f"{name}={level} must be in [0, 1) (0: given frames stay clean)")
+
+
 def check_motion_weight(weight: float) -> None:
   if weight < 0:
     raise ValueError(f"flow.motion_weight={weight} must be >= 0 (0: off); a negative weight "
@@ -96,9 +105,11 @@ def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
   return noise - x0
 
 
-def frame_times(t: jax.Array, given: jax.Array) -> jax.Array:
-  """Per-frame times (B, T): the clip's time t (B,), and 0 where a frame is given (B, T)."""
-  return jnp.where(given, 0.0, t[:, None])
+def frame_times(t: jax.Array, given: jax.Array, given_time=0.0) -> jax.Array:
+  """Per-frame times (B, T): the clip's time t (B,), and `given_time` (a scalar or (B,)) where a
+  frame is given (B, T)."""
+  given_time = jnp.asarray(given_time, t.dtype)
+  return jnp.where(given, given_time[..., None] if given_time.ndim else given_time, t[:, None])
 
 
 def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_mean: float = 0.0,
@@ -109,6 +120,7 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
                        motion_weight: float = 0.0,
                        time_shift: float = 1.0,
                        time_sampling: str = "logit_normal",
+                       given_noise: float = 0.0,
                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean squared velocity error; `predict_velocity(x_t, t)` closes over the conditioning.
 
@@ -122,7 +134,8 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   difference between consecutive generated frames): a positive quadratic form in the error, so the
   best predictor stays the same, but motion, which a per-value error weighs little next to
   appearance, gets a larger share of the gradient. Training times come from `time_sampling`
-  (TIME_SAMPLING), then `shift_times(t, time_shift)`.
+  (TIME_SAMPLING), then `shift_times(t, time_shift)`. `given_noise` > 0 noises each example's given
+  frames to a time uniform in [0, given_noise] (module docstring).
   """
   time_rng, noise_rng = jax.random.split(rng)
   check_time_sampling(time_sampling)
@@ -132,7 +145,12 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
     t = sample_timesteps(time_rng, x0.shape[0], logit_mean, logit_std)
   t = shift_times(t, time_shift)
   noise = frame_noise(noise_rng, x0.shape, frame_correlation, dtype=x0.dtype)
-  times = t if given is None else frame_times(t, given)  # a clip-level t keeps the model's cheap path
+  check_given_noise(given_noise)
+  given_time = 0.0
+  if given is not None and given_noise:  # its own key: runs without it keep their random stream
+    given_time = given_noise * jax.random.uniform(jax.random.fold_in(rng, 1), (x0.shape[0],))
+  # A clip-level t keeps the model's cheap path.
+  times = t if given is None else frame_times(t, given, given_time)
   prediction = predict_velocity(interpolate(x0, noise, times), times).astype(jnp.float32)
   target = velocity_target(x0, noise)
   miss = prediction - target
@@ -148,9 +166,12 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
       generated.sum(axes) * error[0, 0].size, 1.0)
   metrics = {"t_mean": t.mean(), "given_frames": given.mean()}
   if motion_weight and x0.shape[1] > 1:
-    both = _broadcast_time(~given[:, 1:] & ~given[:, :-1], error[:, 1:]).astype(jnp.float32)
-    change = jnp.square(miss[:, 1:] - miss[:, :-1]) * both
-    motion_error = change.sum(axes) / jnp.maximum(both.sum(axes) * error[0, 0].size, 1.0)
+    # A given frame's implied clean frame (x_t - t v at t=0) is exact, so its miss counts as 0 and
+    # the step into or out of it is scored too: the frames next to given ones must lead into them.
+    miss = miss * generated
+    pairs = _broadcast_time(~given[:, 1:] | ~given[:, :-1], error[:, 1:]).astype(jnp.float32)
+    change = jnp.square(miss[:, 1:] - miss[:, :-1]) * pairs
+    motion_error = change.sum(axes) / jnp.maximum(pairs.sum(axes) * error[0, 0].size, 1.0)
     per_example = per_example + motion_weight * motion_error
     metrics["motion_error"] = motion_error.mean()  # unweighted, to compare runs across weights
   return per_example.mean(), metrics

@@ -77,22 +77,24 @@ def _clean_frames(noise, given, given_latents):
   return jnp.where(keep, given_latents, noise), keep
 
 
-def _velocity_at(velocity_fn, x, t, guidance, given):
-  """Guided velocity at the clip time t (a scalar); given frames are seen at t=0."""
+def _velocity_at(velocity_fn, x, t, guidance, given, given_time=0.0):
+  """Guided velocity at the clip time t (a scalar); given frames are seen at `given_time`."""
   times = jnp.full((x.shape[0],), t, x.dtype)
   if given is not None:
-    times = flow.frame_times(times, given)
+    times = flow.frame_times(times, given, given_time)
   return guided_velocity(velocity_fn, x, times, guidance)
 
 
 def euler(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
           shift: float = 1.0, given: jax.Array | None = None,
-          given_latents: jax.Array | None = None, start: int = 0) -> jax.Array:
+          given_latents: jax.Array | None = None, start: int = 0,
+          given_time: float = 0.0) -> jax.Array:
   """First-order integration of dx/dt = v from t=1 to t=0 under `lax.fori_loop`; one velocity
   call per step.
 
   With `given` (batch, frames) bool, those frames of `given_latents` (shaped like `noise`) are held
-  clean at t=0 throughout while the others are generated around them.
+  fixed throughout while the others are generated around them; the model sees them at time
+  `given_time` (0: clean; > 0: the caller has noised them to that time, flow.given_noise).
 
   With `start` > 0 the integration begins at `time_grid(steps, shift)[start]`
   and `noise` is the point there, e.g. a source clip noised to that time (SDEdit; `edit_start`).
@@ -104,7 +106,7 @@ def euler(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float
 
   def body(i, x):
     t, t_next = grid[i], grid[i + 1]
-    x_next = x + (t_next - t) * _velocity_at(velocity_fn, x, t, guidance, given)
+    x_next = x + (t_next - t) * _velocity_at(velocity_fn, x, t, guidance, given, given_time)
     return x_next if keep is None else jnp.where(keep, x, x_next)
 
   return jax.lax.fori_loop(start, steps, body, x)
@@ -112,7 +114,8 @@ def euler(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float
 
 def heun(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
          shift: float = 1.0, given: jax.Array | None = None,
-         given_latents: jax.Array | None = None, start: int = 0) -> jax.Array:
+         given_latents: jax.Array | None = None, start: int = 0,
+         given_time: float = 0.0) -> jax.Array:
   """Second-order trapezoidal steps (Heun, as in EDM): an Euler guess, then the mean of the
   velocities at both ends. The last step, into t=0, stays Euler: 2 * steps - 1 velocity calls."""
   grid = jnp.asarray(time_grid(steps, shift))
@@ -122,13 +125,13 @@ def heun(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float 
 
   def body(i, x):
     t, t_next = grid[i], grid[i + 1]
-    v = _velocity_at(velocity_fn, x, t, guidance, given)
+    v = _velocity_at(velocity_fn, x, t, guidance, given, given_time)
     guess = hold(x, x + (t_next - t) * v)
-    v_next = _velocity_at(velocity_fn, guess, t_next, guidance, given)
+    v_next = _velocity_at(velocity_fn, guess, t_next, guidance, given, given_time)
     return hold(x, x + (t_next - t) * 0.5 * (v + v_next))
 
   x = jax.lax.fori_loop(start, steps - 1, body, x)
-  v = _velocity_at(velocity_fn, x, grid[steps - 1], guidance, given)
+  v = _velocity_at(velocity_fn, x, grid[steps - 1], guidance, given, given_time)
   return hold(x, x + (grid[steps] - grid[steps - 1]) * v)
 
 
@@ -160,7 +163,8 @@ def _dpm_solver_2m_coefficients(steps: int, shift: float) -> np.ndarray:
 
 def dpm_solver_2m(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidance: float = 1.0,
                   shift: float = 1.0, given: jax.Array | None = None,
-                  given_latents: jax.Array | None = None, start: int = 0) -> jax.Array:
+                  given_latents: jax.Array | None = None, start: int = 0,
+                  given_time: float = 0.0) -> jax.Array:
   """DPM-Solver++(2M): a multistep second-order solver that reuses the previous step's data
   prediction x0 = x - t v, so it costs one velocity call per step, like Euler."""
   table = jnp.asarray(_dpm_solver_2m_coefficients(steps, shift), jnp.float32)
@@ -171,7 +175,7 @@ def dpm_solver_2m(velocity_fn: VelocityFn, noise: jax.Array, steps: int, guidanc
   def body(i, carry):
     x, x0_before = carry
     t = grid[i]
-    x0_now = x - t * _velocity_at(velocity_fn, x, t, guidance, given)
+    x0_now = x - t * _velocity_at(velocity_fn, x, t, guidance, given, given_time)
     a, b, c_now, c_before = table[i]
     # The first step taken has no previous prediction: first order, whatever `start` is.
     c_now, c_before = jnp.where(i == start, 1.0, c_now), jnp.where(i == start, 0.0, c_before)

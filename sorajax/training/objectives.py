@@ -271,6 +271,8 @@ class DiTObjective:
     _checked(flow.check_frame_correlation, self.frame_noise_correlation)
     self.motion_weight = float(config.flow.get("motion_weight", 0.0))  # 0 in runs saved before it
     _checked(flow.check_motion_weight, self.motion_weight)
+    self.given_noise = float(config.flow.get("given_noise", 0.0))  # 0 in runs saved before it
+    _checked(flow.check_given_noise, self.given_noise)
     # Runs saved before the time shift trained on unshifted logit-normal times.
     self.time_sampling = config.flow.get("time_sampling", "logit_normal")
     _checked(flow.check_time_sampling, self.time_sampling)
@@ -440,7 +442,7 @@ class DiTObjective:
         self.config.flow.logit_mean, self.config.flow.logit_std, given,
         self.frame_noise_correlation, self.config.flow.get("contrast_weight", 0.0),
         self.motion_weight, self.time_shift(self.config.flow.get("time_shift", 1.0), x0.shape[1:]),
-        self.time_sampling)
+        self.time_sampling, self.given_noise)
     return loss, metrics
 
 
