@@ -96,6 +96,8 @@ def test_prompted_sampling_reads_files_and_streams_a_rollout(dit_workdir, tmp_pa
     (["--mode", "edit"], ["--mode=edit needs --input"]),
     (["--mode", "edit", "--input", "{video}", "--strength", "1.5"], ["strength=1.5", "(0, 1]"]),
     (["--mode", "extend_back", "--input", "{image}"], ["extend_back needs a clip of at least 4"]),
+    (["--mode", "animate", "--input", "{image}", "--given_noise", "0.3"],
+     ["given_noise=0.3 is out of range", "use 0 to 0"]),
 ])
 def test_bad_prompting_input_is_one_line(dit_workdir, tmp_path, flags, needles):
   import numpy as np  # pylint: disable=import-outside-toplevel
