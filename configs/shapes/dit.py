@@ -71,12 +71,14 @@ def get_config(arg=None):
   # the first frame (animate an image), the first or last k (extend forward or backward, long
   # rollouts), both ends (connect, loop) or random frames; the rest are generated from text alone.
   # One-frame images take none. These teach every prompting mode (sorajax/prompting.py).
-  # This mix kept text -> video's color AND motion at 75.0% (bench/RESULTS.md, issue 5).
+  # With this mix text -> video's color AND motion read 73.1% and 82.7% on two seeds (75.0%
+  # without given frames; bench/RESULTS.md, issue 5).
   config.flow.given_frames = ml_collections.ConfigDict(dict(
       first=0.05, prefix=0.1, last=0.0, suffix=0.15, ends=0.15, random=0.0))
   # > 0: each example's given frames are noised to a time uniform in [0, given_noise] and the model
   # is told it, so it learns to continue frames that are only nearly right (flow.py); sampling then
-  # shows given frames at sample.given_noise.
+  # shows given frames at sample.given_noise. 0.2 helped connect and cost backward extension on the
+  # demo (bench/RESULTS.md, issue 5 second pass), so the demo keeps given frames clean.
   config.flow.given_noise = 0.0
   # Correlation of the noise between latent frames (0: independent; see flow.frame_noise). 0.5
   # doubled the demo's motion accuracy at 600 steps (bench/RESULTS.md, third round).
