@@ -15,8 +15,8 @@ Frames may be *given*: they stay clean at t=0 while the rest of the clip is nois
 per-frame times, and the loss counts only the frames it has to generate. With `given_noise` > 0 each
 example's given frames are noised a little, to a time drawn from [0, given_noise], and the model is
 told that time: it learns to continue frames that are only nearly right (its own earlier output,
-re-encoded), which is what keeps a chunk-by-chunk rollout from drifting (noise augmentation, as in
-GameNGen and the autoregressive video models after it).
+re-encoded), the usual cure for a chunk-by-chunk rollout's drift (noise augmentation, as in
+GameNGen). On the demo it helped connect more than rollouts (bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -131,7 +131,8 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   subtracts that much of the error against the next example's target (contrastive flow matching,
   Stoica et al. 2025), pushing each prediction away from other captions' flows.
   `motion_weight` > 0 adds that much of the squared error of the frame-to-frame change (the error's
-  difference between consecutive generated frames): a positive quadratic form in the error, so the
+  difference between consecutive frames, a given frame's error counting as 0, so the steps into
+  and out of given frames are scored): a positive quadratic form in the error, so the
   best predictor stays the same, but motion, which a per-value error weighs little next to
   appearance, gets a larger share of the gradient. Training times come from `time_sampling`
   (TIME_SAMPLING), then `shift_times(t, time_shift)`. `given_noise` > 0 noises each example's given
