@@ -141,21 +141,25 @@ def frame_differences(video: np.ndarray) -> tuple[np.ndarray, float]:
 def loop(generator, chunk, prompts, seeds, settings) -> dict:
   """Loops of rendered clips: is the wrap from the last frame to the first no larger than a
   typical (median) frame-to-frame change of the loop? The transition is one chunk, given one
-  latent frame at each end."""
+  latent frame at each end. A wrap no different from any other step would be at or below the
+  median only half the time, so its rank among the loop's steps is given too (0.5 for such a
+  wrap, 1 for a wrap larger than every step)."""
   jobs = _jobs(prompts, seeds)
   sources = np.stack([shapes.render_prompt(p, chunk.frames, chunk.height, chunk.width, 400 + s)
                       for p, s in jobs])
   videos = prompting.loop(generator, sources, [p.caption for p, _ in jobs], [s for _, s in jobs],
                           chunk=chunk, first_context=1, second_context=1, **settings)
-  ratios, verdicts = [], []
+  ratios, ranks, verdicts = [], [], []
   for video, (prompt, _) in zip(videos, jobs):
     steps, wrap = frame_differences(video)
     # A still clip changes by ~0 a frame: one gray level is the floor of a visible change.
     ratios.append(wrap / max(float(np.median(steps)), 1.0))
+    ranks.append(float(np.mean(steps < wrap)))
     verdicts.append(shapes_judge.judge_prompt(video, prompt))
   ratios = np.asarray(ratios)
   return {"metrics": {"wrap_within_typical": float(np.mean(ratios <= 1.0)),
                       "wrap_over_median_step": float(np.median(ratios)),
+                      "wrap_rank": float(np.mean(ranks)),
                       "color": _mean(v["color"] for v in verdicts),
                       "shape": _mean(v["shape"] for v in verdicts)},
           "videos": list(videos)}

@@ -7,11 +7,13 @@
             backward (its first frames given as the last ones), chunk after chunk, to any length
   connect   the end of clip A and the start of clip B given at the two ends of a chunk; the frames
             between them are generated
-  loop      connect(clip, clip): the clip plus a transition that leads back into its first frames
+  loop      the clip's latent frames plus a transition generated from its end back into its start,
+            decoded as one cycle
   edit      SDEdit: the clip's latents noised part of the way (`strength`) and denoised under a
             new prompt
-  rollout   text (or an image) -> the first chunk, then forward extension chunk by chunk, yielding
-            frames as they are made: memory holds one chunk and its context, however long the video
+  rollout   text (or an image) -> the first chunk, then each chunk given the last latent frames of
+            the one before, yielding frames as they are made: memory holds one chunk, however long
+            the video
 
 The run must have been trained with the matching `flow.given_frames` modes (prefix for forward
 extension and rollouts, suffix for backward, ends for connect and loop, first for animate).
@@ -118,11 +120,15 @@ def animate(generator, images: np.ndarray, captions, seeds, chunk: Chunk | None 
   """uint8 videos (N, frames, H, W, 3) that start from `images` (N, H, W, 3)."""
   check_captions(captions, seeds)
   chunk = chunk or Chunk(generator)
+  return generator.decode(_animated_latents(generator, images, captions, seeds, chunk,
+                                            **settings))
+
+
+def _animated_latents(generator, images, captions, seeds, chunk: Chunk, **settings):
   images = fit(np.asarray(images)[:, None], chunk, max_frames=1)[0]
   given = np.arange(chunk.latents) == 0
-  latents = _conditioned(generator, chunk, captions, seeds, given,
-                         {0: generator.encode(images)}, **settings)
-  return generator.decode(latents)
+  return _conditioned(generator, chunk, captions, seeds, given, {0: generator.encode(images)},
+                      **settings)
 
 
 def _extend_chunk(generator, chunk, videos, captions, seeds, context, backward, **settings):
@@ -215,11 +221,48 @@ def connect(generator, first: np.ndarray, second: np.ndarray, captions, seeds,
   return np.concatenate([first, transition, second], axis=1)
 
 
-def loop(generator, videos: np.ndarray, captions, seeds, **kwargs) -> np.ndarray:
-  """The clips plus a generated transition from their end back into their start: played on
-  repeat, frame T-1 of the result is followed by frame 0 as smoothly as by its own successor."""
-  looped = connect(generator, videos, videos, captions, seeds, **kwargs)
-  return looped[:, :looped.shape[1] - videos.shape[1]]
+def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = None,
+         first_context: int | None = None, second_context: int | None = None,
+         periods: int = 3, **settings) -> np.ndarray:
+  """Seamless loops of clips (N, 1+f*k, H, W, 3): (N, f*(k+m), H, W, 3), the clip's frames 1 to
+  f*k as the VAE codes them, then f*m generated frames that lead back into them.
+
+  The loop is a cycle of latent frames: the clip's k latent frames after the first, then the m
+  frames one chunk generates between the clip's end (`first_context` latent frames: the image
+  latent of a frame, then the clip's last latent frames) and its start (the clip's first
+  `second_context` latent frames after the image one). The cycle is decoded as one stream played
+  `periods` times and the last period returned, so the causal decoder has the loop's own end as
+  history at its start: played on repeat, the last frame leads into the first like any other
+  pair of frames, with no cut between rendered and decoded frames. Frame 0 of the clip, the one
+  frame its image latent codes, has no place in the cycle.
+  """
+  check_captions(captions, seeds)
+  chunk = chunk or Chunk(generator)
+  first_context = first_context or connect_context(chunk)
+  second_context = second_context or connect_context(chunk)
+  chunk.needs(first_context + second_context)
+  if periods < 2:
+    raise ValueError(f"periods={periods}; decode at least 2 so the loop's start has its end "
+                     f"as history")
+  videos = np.asarray(videos)
+  f = chunk.factor
+  _check_length(videos, 1 + f * max(second_context, first_context - 1), "loop", chunk)
+  if (videos.shape[1] - 1) % f:
+    raise ValueError(f"loop needs a clip of 1 + {f}k frames, got {videos.shape[1]}; fit it first "
+                     f"(prompting.fit)")
+  clip = generator.encode(videos)[:, 1:]  # the cycle's latent frames from the clip
+  image_frame = videos.shape[1] - 1 - f * (first_context - 1)
+  start = jnp.concatenate([generator.encode(videos[:, image_frame:image_frame + 1]),
+                           clip[:, clip.shape[1] - (first_context - 1):]], axis=1)
+  index = np.arange(chunk.latents)
+  given = (index < first_context) | (index >= chunk.latents - second_context)
+  latents = _conditioned(generator, chunk, captions, seeds, given,
+                         {0: start, chunk.latents - second_context: clip[:, :second_context]},
+                         **settings)
+  cycle = jnp.concatenate([clip, latents[:, first_context:chunk.latents - second_context]], axis=1)
+  # The stream starts at the clip's own image latent, so its first period is the clip as coded.
+  stream = jnp.concatenate([generator.encode(videos[:, :1])] + [cycle] * periods, axis=1)
+  return generator.decode(stream)[:, -f * cycle.shape[1]:]
 
 
 def edit(generator, videos: np.ndarray, captions, seeds, strength: float,
@@ -237,15 +280,23 @@ def edit(generator, videos: np.ndarray, captions, seeds, strength: float,
 
 
 def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | None = None,
-            context: int | None = None, chunk: Chunk | None = None,
+            context: int | None = None, chunk: Chunk | None = None, carry: str = "latents",
             **settings) -> Iterator[np.ndarray]:
   """Yields uint8 pieces (N, t, H, W, 3) of videos `total_frames` long, first to last.
 
-  The first chunk comes from text (or animates `images`); each later one extends the frames made
-  so far. Only the last chunk's context frames are kept between chunks, so memory does not grow
-  with the length, and a caller can write each piece out as it comes (video_io.Mp4Writer).
+  The first chunk comes from text (or animates `images`); each later one is given the last
+  `context` latent frames of the one before. Only that chunk is kept between chunks, so memory
+  does not grow with the length, and a caller can write each piece out as it comes
+  (video_io.Mp4Writer).
+
+  carry="latents" gives the next chunk the previous chunk's latent frames as generated, behind
+  the image latent of the frame before them (a chunk's latent frame 0 always codes one frame).
+  carry="frames" re-encodes the last decoded frames instead, as `extend` does with a clip; a
+  minute of that is a hundred decode-encode round trips, whose errors add up.
   """
   check_captions(captions, seeds)
+  if carry not in ("latents", "frames"):
+    raise ValueError(f"carry={carry!r}; use 'latents' or 'frames'")
   chunk = chunk or Chunk(generator)
   context = _default_context(chunk, context)
   if total_frames < 1:
@@ -253,19 +304,28 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   if images is None:
     latents = generator.sample_latents(list(captions), list(seeds), chunk.latent_shape,
                                        **_one_pass(settings))
-    piece = generator.decode(latents)
   else:
-    piece = animate(generator, images, captions, seeds, chunk, **settings)
-  keep = chunk.video_frames(context, first=True)
-  tail = piece[:, :0]
-  made, index = 0, 0
+    latents = _animated_latents(generator, images, captions, seeds, chunk, **settings)
+  decoded = generator.decode(latents)
+  piece, keep, made, index = decoded, chunk.video_frames(context, first=True), 0, 0
+  given = np.arange(chunk.latents) < context
   while True:
     piece = piece[:, :total_frames - made]
     yield piece
     made += piece.shape[1]
     if made >= total_frames:
       return
-    tail = np.concatenate([tail, piece], axis=1)[:, -keep:]  # the next chunk's context
     index += 1
-    piece = _extend_chunk(generator, chunk, tail, captions, _chunk_seeds(seeds, index), context,
-                          backward=False, **settings)
+    seeds_now = _chunk_seeds(seeds, index)
+    if carry == "frames":
+      piece = _extend_chunk(generator, chunk, decoded[:, -keep:], captions, seeds_now, context,
+                            backward=False, **settings)
+      decoded = np.concatenate([decoded[:, -keep:], piece], axis=1)
+      continue
+    start = decoded.shape[1] - keep
+    image = generator.encode(decoded[:, start:start + 1])
+    context_latents = jnp.concatenate([image, latents[:, chunk.latents - (context - 1):]], axis=1)
+    latents = _conditioned(generator, chunk, captions, seeds_now, given, {0: context_latents},
+                           **settings)
+    decoded = generator.decode(latents)
+    piece = decoded[:, keep:]

@@ -26,8 +26,9 @@ def calls(generator, monkeypatch):
   sample = generator.sample_latents
 
   def spy(*args, **kwargs):
-    seen.append(kwargs)
-    return sample(*args, **kwargs)
+    out = sample(*args, **kwargs)
+    seen.append(dict(kwargs, out=out))
+    return out
 
   monkeypatch.setattr(generator, "sample_latents", spy)
   return seen
@@ -91,13 +92,16 @@ def test_connect_and_loop_join_the_given_ends(generator, calls):
   np.testing.assert_allclose(call["given_latents"][:, 2:],
                              prompting._encode_later(generator, b[:, :4]), atol=1e-5)
   looped = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk, **STEPS)
-  assert looped.shape == (1, 9 + 4, 16, 16, 3)
-  np.testing.assert_array_equal(looped[:, :9], b)
-  # The loop's end leads into its own start: the transition is generated towards b's first frames.
-  np.testing.assert_allclose(calls[-1]["given_latents"][:, 2:],
-                             prompting._encode_later(generator, b[:, :4]), atol=1e-5)
-  np.testing.assert_allclose(calls[-1]["given_latents"][:, :1], generator.encode(b[:, 8:]),
-                             atol=1e-5)
+  assert looped.shape == (1, 8 + 4, 16, 16, 3)  # b's frames 1-8, then the transition
+  call, coded = calls[-1], generator.encode(b)
+  # The transition starts from b's last frame and leads into b's first latent frame after the
+  # image one, the latent frame that follows it in the cycle.
+  np.testing.assert_allclose(call["given_latents"][:, :1], generator.encode(b[:, 8:]), atol=1e-5)
+  np.testing.assert_allclose(call["given_latents"][:, 2:], coded[:, 1:2], atol=1e-5)
+  # The stream is periodic: one more period played before it changes the returned loop little.
+  longer = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk,
+                          periods=4, **STEPS)
+  np.testing.assert_allclose(longer.astype(float), looped, atol=2)
 
 
 def test_edit_strength_moves_from_the_source_to_a_new_video(generator):
@@ -133,6 +137,24 @@ def test_rollout_memory_stays_flat_as_chunks_are_added(generator):
   long_peak, long_live = peak_bytes(9 + 4 * 12)
   assert long_peak < 1.25 * short_peak + 64 * 1024
   assert max(long_live) <= max(short_live) * 1.05 + 1024
+
+
+def test_rollout_carries_generated_latents_or_reencoded_frames(generator, calls):
+  chunk = prompting.Chunk(generator, frames=9)
+  caption, seeds = ["a red square moving down"], [5]
+  pieces = list(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, **STEPS))
+  first, second = calls[-2:]
+  np.testing.assert_array_equal(second["given"], [[True, True, False]])
+  # Latent frame 2 of the first chunk, as generated, is latent frame 1 of the next one, behind
+  # the image latent of the frame before the four it codes.
+  np.testing.assert_array_equal(second["given_latents"][:, 1], first["out"][:, 2])
+  np.testing.assert_allclose(second["given_latents"][:, :1], generator.encode(pieces[0][:, 4:5]),
+                             atol=1e-5)
+  list(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, carry="frames", **STEPS))
+  np.testing.assert_allclose(calls[-1]["given_latents"][:, :2],
+                             generator.encode(pieces[0][:, 4:]), atol=1e-5)
+  with pytest.raises(ValueError, match="carry='pixels'; use 'latents' or 'frames'"):
+    next(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, carry="pixels"))
 
 
 def test_rollout_pieces_continue_each_other(generator):
@@ -199,6 +221,10 @@ def test_bad_prompting_input_is_named(generator):
     prompting.extend(generator, clips(1, 1), ["a red circle"], [0], 4, backward=True, chunk=chunk)
   with pytest.raises(ValueError, match=r"connect \(second clip\) needs a clip of at least 4"):
     prompting.connect(generator, clips(1, 5), clips(1, 2), ["a red circle"], [0], chunk=chunk)
+  with pytest.raises(ValueError, match=r"loop needs a clip of 1 \+ 4k frames, got 7; fit it"):
+    prompting.loop(generator, clips(1, 7), ["a red circle"], [0], chunk=chunk)
+  with pytest.raises(ValueError, match="loop needs a clip of at least 5 frames, got 1"):
+    prompting.loop(generator, clips(1, 1), ["a red circle"], [0], chunk=chunk)
   with pytest.raises(ValueError, match="leave no room in a chunk of 3; use 1 to 2"):
     prompting.extend(generator, clips(1, 9), ["a red circle"], [0], 4, context=3, chunk=chunk)
   with pytest.raises(configuration.ConfigError, match="guidance=60.0 is out of range"):
