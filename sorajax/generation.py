@@ -90,15 +90,16 @@ class VideoGenerator:
       out = solve(velocity, x, steps, guidance, shift, held, seen, first, given_time)
       return jnp.where(held.reshape(held.shape + (1,) * (out.ndim - 2)), clean, out)
 
-    x = noise(0)
+    x = first_noise = noise(0)
     if source is not None:  # an edit starts from the source clip noised to the start time
       x = flow.interpolate(source, x, jnp.full(x.shape[:1], samplers.time_grid(steps, shift)[start]))
-    latents = solve_around(x, noise(0), given, given_latents, start)
+    latents = solve_around(x, first_noise, given, given_latents, start)
     for stage, fixed in enumerate(stage_prefixes(latent_shape[0], stage_frames), start=1):
       staged = jnp.broadcast_to(jnp.arange(latent_shape[0]) < fixed, latents.shape[:2])
       if given is not None:
         staged = staged | given
-      latents = solve_around(noise(stage), noise(stage), staged, latents)
+      fresh = noise(stage)  # the stage starts from it and shows its given frames noised by it
+      latents = solve_around(fresh, fresh, staged, latents)
     return latents
 
   def encode(self, videos: np.ndarray) -> jax.Array:
