@@ -250,7 +250,8 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   if (videos.shape[1] - 1) % f:
     raise ValueError(f"loop needs a clip of 1 + {f}k frames, got {videos.shape[1]}; fit it first "
                      f"(prompting.fit)")
-  clip = generator.encode(videos)[:, 1:]  # the cycle's latent frames from the clip
+  coded = generator.encode(videos)
+  clip = coded[:, 1:]  # the cycle's latent frames from the clip
   image_frame = videos.shape[1] - 1 - f * (first_context - 1)
   start = jnp.concatenate([generator.encode(videos[:, image_frame:image_frame + 1]),
                            clip[:, clip.shape[1] - (first_context - 1):]], axis=1)
@@ -261,7 +262,7 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
                          **settings)
   cycle = jnp.concatenate([clip, latents[:, first_context:chunk.latents - second_context]], axis=1)
   # The stream starts at the clip's own image latent, so its first period is the clip as coded.
-  stream = jnp.concatenate([generator.encode(videos[:, :1])] + [cycle] * periods, axis=1)
+  stream = jnp.concatenate([coded[:, :1]] + [cycle] * periods, axis=1)
   return generator.decode(stream)[:, -f * cycle.shape[1]:]
 
 
