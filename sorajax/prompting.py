@@ -84,6 +84,17 @@ def _encode_later(generator, clips: np.ndarray) -> jnp.ndarray:
   return generator.encode(np.concatenate([clips[:, :1], clips], axis=1))[:, 1:]
 
 
+def _context_latents(generator, frames: np.ndarray, latents: jnp.ndarray,
+                     context: int) -> jnp.ndarray:
+  """The `context` latent frames that continue a clip from its end without re-encoding it: the
+  image latent of the frame before the last context - 1 latent frames, then those frames as they
+  are. `frames` (N, 1+f*k, ...) are what `latents` (N, 1+k, ...) code, frame for frame."""
+  f = (frames.shape[1] - 1) // (latents.shape[1] - 1)
+  image = frames.shape[1] - 1 - f * (context - 1)
+  return jnp.concatenate([generator.encode(frames[:, image:image + 1]),
+                          latents[:, latents.shape[1] - (context - 1):]], axis=1)
+
+
 def _check_length(videos: np.ndarray, needed: int, mode: str, chunk: Chunk) -> None:
   if videos.shape[1] < needed:
     raise ValueError(f"{mode} needs a clip of at least {needed} frames, got {videos.shape[1]}; "
@@ -252,9 +263,7 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
                      f"(prompting.fit)")
   coded = generator.encode(videos)
   clip = coded[:, 1:]  # the cycle's latent frames from the clip
-  image_frame = videos.shape[1] - 1 - f * (first_context - 1)
-  start = jnp.concatenate([generator.encode(videos[:, image_frame:image_frame + 1]),
-                           clip[:, clip.shape[1] - (first_context - 1):]], axis=1)
+  start = _context_latents(generator, videos, coded, first_context)
   index = np.arange(chunk.latents)
   given = (index < first_context) | (index >= chunk.latents - second_context)
   latents = _conditioned(generator, chunk, captions, seeds, given,
@@ -323,10 +332,7 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
                             backward=False, **settings)
       decoded = np.concatenate([decoded[:, -keep:], piece], axis=1)
       continue
-    start = decoded.shape[1] - keep
-    image = generator.encode(decoded[:, start:start + 1])
-    context_latents = jnp.concatenate([image, latents[:, chunk.latents - (context - 1):]], axis=1)
-    latents = _conditioned(generator, chunk, captions, seeds_now, given, {0: context_latents},
-                           **settings)
+    latents = _conditioned(generator, chunk, captions, seeds_now, given,
+                           {0: _context_latents(generator, decoded, latents, context)}, **settings)
     decoded = generator.decode(latents)
     piece = decoded[:, keep:]
