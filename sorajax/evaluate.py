@@ -11,6 +11,7 @@ minute-long rollout, each with a contact sheet <out>/modes/<mode>.png and a tabl
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -40,6 +41,7 @@ _STAGE_FRAMES = flags.DEFINE_integer(
     "run's sample.stage_frames).")
 
 ATTRIBUTES = ("color", "shape", "motion", "color_and_motion")
+PACE = ("travel", "evenness")  # measured for left/right/up/down movers (shapes_judge.pace)
 
 
 def evaluate_heldout(generator, seeds: int, batch: int, steps=None, guidance=None, stage_frames=None,
@@ -56,14 +58,22 @@ def evaluate_heldout(generator, seeds: int, batch: int, steps=None, guidance=Non
                              sampler=sampler)
     for (prompt, seed), video in zip(chunk, out):
       verdict = shapes_judge.judge_prompt(video, prompt)
+      paces = [o["details"] for o in verdict["objects"] if "travel" in o["details"]]
       rows.append({"caption": prompt.caption, "seed": seed, "prompt": prompt.to_json(),
-                   **{name: verdict[name] for name in ATTRIBUTES}})
+                   **{name: verdict[name] for name in ATTRIBUTES},
+                   **{name: [d[name] for d in paces] for name in PACE}})
       videos.append(video)
   return rows, videos
 
 
 def summarise(rows) -> dict[str, float]:
   return {name: float(np.mean([bool(row[name]) for row in rows])) for name in ATTRIBUTES}
+
+
+def summarise_pace(rows) -> dict[str, float]:
+  """Medians of the directional movers' pace (shapes_judge.pace) over every sample."""
+  values = {name: [v for row in rows for v in row[name] if v is not None] for name in PACE}
+  return {f"median_{name}": float(np.median(v)) if v else math.nan for name, v in values.items()}
 
 
 def write_report(out: str, rows, videos, summary, info, extra_lines=()) -> None:
@@ -86,6 +96,10 @@ def write_report(out: str, rows, videos, summary, info, extra_lines=()) -> None:
            f"- sampling time: {info['seconds']:.1f} s", "",
            "| attribute | accuracy |", "|---|---|"]
   lines += [f"| {name} | {100 * summary[name]:.1f}% |" for name in ATTRIBUTES]
+  lines += ["", "Pace of the left/right/up/down movers: median travel "
+            f"{info['pace']['median_travel']:.2f} of the training clips' (1: the same pace), median "
+            f"evenness {info['pace']['median_evenness']:.2f} (slowest step over mean step; 1: "
+            "steady, <= 0: stops or steps back)."]
   lines += ["", "| caption | seed | color | shape | motion |", "|---|---|---|---|---|"]
   mark = lambda v: "yes" if v else ("n/a" if v is None else "no")
   lines += [f"| {r['caption']} | {r['seed']} | {mark(r['color'])} | {mark(r['shape'])} | "
@@ -142,7 +156,7 @@ def main(argv):
                                   _GUIDANCE.value, _STAGE_FRAMES.value, _SAMPLER.value)
   seconds = time.perf_counter() - start
   summary = summarise(rows)
-  info = {"workdir": os.path.abspath(_WORKDIR.value), "step": generator.step,
+  info = {"pace": summarise_pace(rows), "workdir": os.path.abspath(_WORKDIR.value), "step": generator.step,
           "prompts": len(rows) // _SEEDS.value, "seeds": _SEEDS.value, "seconds": seconds,
           "sampler_steps": _STEPS.value or generator.config.sample.steps,
           "sampler": _SAMPLER.value or generator.config.sample.get("sampler", "euler"),
@@ -166,6 +180,7 @@ def main(argv):
       print(f"{mode}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
   write_report(out, rows, videos, summary, info, extra)
   print("held-out accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary.items()))
+  print("pace: " + ", ".join(f"{k} {v:.2f}" for k, v in info["pace"].items()))
   print(f"report: {os.path.join(out, 'report.md')}")
 
 

@@ -1,4 +1,5 @@
 """The command lines a user types: each bad input ends in one clear line, not a traceback."""
+import json
 import os
 import subprocess
 import sys
@@ -89,6 +90,17 @@ def test_prompted_sampling_reads_files_and_streams_a_rollout(dit_workdir, tmp_pa
   mp4s = sorted(out.glob("*.mp4"))
   assert len(mp4s) == 1 and video_io.read_video(str(mp4s[0])).shape[0] == 16
   assert not list(out.glob("*.tmp-*"))
+
+
+def test_evaluate_writes_accuracy_and_pace(dit_workdir, tmp_path):
+  result = run("sorajax.evaluate", "--workdir", dit_workdir, "--out", str(tmp_path), "--seeds", "1",
+               "--steps", "2", "--nomodes")
+  assert result.returncode == 0, result.stderr
+  report = json.loads((tmp_path / "report.json").read_text())
+  assert set(report["summary"]) == {"color", "shape", "motion", "color_and_motion"}
+  assert set(report["info"]["pace"]) == {"median_travel", "median_evenness"}
+  assert all(isinstance(row["travel"], list) for row in report["samples"])
+  assert "median travel" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("flags, needles", [

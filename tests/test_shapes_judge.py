@@ -179,3 +179,32 @@ def test_largest_blobs_keeps_the_biggest_component_per_frame():
   blobs = judge.largest_blobs(mask)
   assert blobs[0].sum() == 9 and blobs[0, 5, 5]
   assert blobs[1].sum() == 8 and not blobs[1, 3, 3]
+
+
+def _pace_of(video, prompt):
+  [verdict] = judge.judge_video(video, prompt)
+  return verdict["details"]
+
+
+def test_pace_of_rendered_movers_is_the_training_pace():
+  for seed, prompt in enumerate(p for p in shapes.held_out_prompts() if p.objects[0].motion
+                                in shapes.DIRECTIONS):
+    details = _pace_of(shapes.render_prompt(prompt, 9, 32, 32, seed=seed), prompt)
+    assert details["travel"] == pytest.approx(1.0, abs=0.08), prompt.caption
+    assert details["evenness"] > 0.7, (prompt.caption, details["track"])
+
+
+def test_pace_sees_slow_and_stalling_movers():
+  prompt = _prompt(("red", "square", "right"))
+  video = shapes.render_prompt(prompt, 17, 32, 32, seed=3)
+  slow = video[::2]  # the same path over 9 frames: a steady mover at the training pace
+  assert _pace_of(slow, prompt)["travel"] == pytest.approx(1.0, abs=0.08)
+  half = video[:9]  # half the path in a clip's length
+  assert _pace_of(half, prompt)["travel"] == pytest.approx(0.5, abs=0.06)
+  stalled = video[[0, 2, 2, 4, 6, 8, 8, 10, 12]]  # holds still across two frame pairs
+  details = _pace_of(stalled, prompt)
+  assert abs(details["evenness"]) < 0.1 and details["travel"] == pytest.approx(0.75, abs=0.08)
+  back = video[[0, 4, 2, 6, 8, 10, 12, 14, 16]]  # one step back
+  assert _pace_of(back, prompt)["evenness"] < -0.5
+  still = _prompt(("red", "square", "static"))
+  assert "travel" not in _pace_of(shapes.render_prompt(still, 9, 32, 32), still)

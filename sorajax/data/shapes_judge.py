@@ -10,6 +10,8 @@ largest blob of its color, and its shape and motion are measured from that blob.
 - motion: from the blob's centroid track. Static if it never strays far from where it
   started; bouncing if it goes far but comes most of the way back; otherwise the sign of
   the net displacement along the axis it moved most (y grows downward, so "up" is -y).
+- pace (measured, not a verdict): for left/right/up/down movers, how far they go against the
+  training clips' pace and how steady their steps are (`pace`).
 
 Motion needs time: with one frame it is not observable and the judge returns motion=None
 (likewise for "bouncing" with two frames, which end where they start). None propagates
@@ -263,6 +265,25 @@ def classify_motion(track: np.ndarray, height: int, width: int) -> tuple[str, di
   return motion, {"excursion": excursion.tolist(), "net_displacement": net.tolist()}
 
 
+def pace(track: np.ndarray, frames_at: np.ndarray, motion: str, frames: int, height: int,
+         width: int) -> dict:
+  """How far and how steadily a mover goes along its prompt's direction.
+
+  `travel`: its pace as a share of the world's (shapes.TRAVEL of the frame per clip; 1 is the
+  training clips' pace). `evenness`: its slowest step over its mean step (1: steady; 0: it stops
+  for a frame; < 0: it steps back). The direction verdict sees neither: a mover that stalls at
+  every latent frame still ends up on the right side. track (n, 2) is measured at frames_at (n,).
+  """
+  axis, sign = shapes.DIRECTIONS[motion]
+  along = sign * track[:, axis]
+  steps = np.diff(along) / np.diff(frames_at)
+  mean_step = (along[-1] - along[0]) / (frames_at[-1] - frames_at[0])
+  extent = (width, height)[axis]
+  travel = mean_step * (frames - 1) / (shapes.TRAVEL * extent)
+  evenness = float(steps.min() / mean_step) if mean_step > 0 else None
+  return {"travel": float(travel), "evenness": evenness}
+
+
 def _motion_observable(frames: int, motion: str) -> bool:
   return frames >= 3 or (frames == 2 and motion != "bouncing")
 
@@ -315,6 +336,8 @@ def _judge_object(planes: np.ndarray, classes: np.ndarray, obj: shapes.ObjectSpe
     _, track = _centroids(crops, corners)
     motion, measured = classify_motion(track, height, width)
     details.update(motion=motion, track=track.round(2).tolist(), **measured)
+    if obj.motion in shapes.DIRECTIONS and present.size >= 3:
+      details.update(pace(track, present, obj.motion, frames, height, width))
     motion_ok = motion == obj.motion
   elif observable:
     motion_ok = False
