@@ -50,6 +50,9 @@ def get_config(arg=None):
   config.dit.variant = arg.variant
   config.dit.patch = (1, 1, 1)  # the 4x8x8 VAE leaves 4x4 latents per 32x32 frame
   config.dit.attention = "xla"
+  # With a context axis in the mesh, self-attention splits the tokens with "ulysses" (all-to-all
+  # over heads; heads per tensor shard must divide by the context size) or "ring" (any head count).
+  config.dit.context_parallel = "ulysses"
   config.dit.positions = "rope"  # 3D rotary (or "sincos", added to the patch embeddings)
   config.dit.pooled_text = False  # True: the mean text embedding joins the time in every adaLN
   config.dit.text_attention = "cross"  # "joint": text tokens join the self-attention (MMDiT-like)

@@ -53,15 +53,45 @@ def _block_logits(q, k_block, mask_block, real_block):
   return jnp.where(real_block, logits, -jnp.inf)
 
 
-@jax.custom_vjp
-def _online_softmax(q, k_blocks, v_blocks, mask_blocks, real_blocks):
-  return _online_softmax_forward(q, k_blocks, v_blocks, mask_blocks, real_blocks)[0]
+def key_blocks(k, v, mask, block: int):
+  """Splits keys into blocks of `block` for the online softmax: (k, v, mask, real) blocks stacked
+  on a leading axis. The last block is padded; `real` marks real keys. `mask`, if given, is
+  broadcastable to (B, heads, Lq, Lk) and comes back as (blocks, B|1, heads|1, Lq|1, block)."""
+  b, lk, h, d = k.shape
+  block = min(block, lk)
+  num_blocks = -(-lk // block)
+  pad = num_blocks * block - lk
+  if pad:
+    k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (k, v))
+  k_blocks, v_blocks = (jnp.moveaxis(a.reshape(b, num_blocks, block, h, d), 1, 0) for a in (k, v))
+  real_blocks = jnp.asarray(np.arange(num_blocks * block).reshape(num_blocks, block) < lk)
+  mask_blocks = None
+  if mask is not None:
+    mask = jnp.asarray(mask, bool)
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)  # size-1 dims stay size 1
+    mask = jnp.broadcast_to(mask, mask.shape[:3] + (lk,))
+    mask = jnp.pad(mask, ((0, 0),) * 3 + ((0, pad),), constant_values=True)
+    mask_blocks = jnp.moveaxis(mask.reshape(mask.shape[:3] + (num_blocks, block)), -2, 0)
+  return k_blocks, v_blocks, mask_blocks, real_blocks
 
 
-def _online_softmax_forward(q, k_blocks, v_blocks, mask_blocks, real_blocks):
-  """Flash attention's forward pass: one key block at a time, keeping per query the running
-  maximum logit m, the softmax denominator l and the unnormalised output."""
+def unblock(blocks):
+  """(blocks, B, block, heads, d) -> (B, blocks * block, heads, d); the inverse of `key_blocks`
+  up to the padding, which the caller slices off."""
+  n, b, block, h, d = blocks.shape
+  return jnp.moveaxis(blocks, 0, 1).reshape(b, n * block, h, d)
+
+
+def softmax_start(q):
+  """The online softmax's empty state for queries q (B, Lq, heads, d): running maximum logit m and
+  denominator l, (B, heads, Lq) each, and the unnormalised output (B, Lq, heads, d), all float32."""
   b, lq, h, d = q.shape
+  return (jnp.full((b, h, lq), jnp.finfo(jnp.float32).min), jnp.zeros((b, h, lq)),
+          jnp.zeros((b, lq, h, d)))
+
+
+def merge_key_blocks(q, state, blocks):
+  """Flash attention's forward pass over `key_blocks`, one block at a time, into `state`."""
 
   def step(carry, block):
     m, l, acc = carry
@@ -76,19 +106,18 @@ def _online_softmax_forward(q, k_blocks, v_blocks, mask_blocks, real_blocks):
         preferred_element_type=jnp.float32)
     return (m_new, l, acc), None
 
-  init = (jnp.full((b, h, lq), jnp.finfo(jnp.float32).min), jnp.zeros((b, h, lq)),
-          jnp.zeros((b, lq, h, d)))
-  (m, l, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, mask_blocks, real_blocks))
-  out = (acc / l.transpose(0, 2, 1)[..., None]).astype(q.dtype)
-  # m and l, (B, heads, Lq) each, are all the backward pass needs of the softmax. Kept apart, not
-  # as m + log(l): in a fully masked row m is the float32 minimum, which would swallow log(l).
-  return out, (q, k_blocks, v_blocks, mask_blocks, real_blocks, out, m, l)
+  return jax.lax.scan(step, state, blocks)[0]
 
 
-def _online_softmax_backward(residuals, d_out):
-  """Recomputes each block's probabilities from the saved softmax statistics, so the backward pass
-  also holds one block of logits at a time."""
-  q, k_blocks, v_blocks, mask_blocks, real_blocks, out, m, l = residuals
+def softmax_finish(q, state):
+  m, l, acc = state
+  return (acc / l.transpose(0, 2, 1)[..., None]).astype(q.dtype)
+
+
+def key_block_gradients(q, out, d_out, m, l, blocks):
+  """The backward pass over `key_blocks`: recomputes each block's probabilities from the softmax
+  statistics m and l of the whole key set, so it too holds one block of logits at a time.
+  Returns dq (float32, this key set's share) and dk, dv blocks (float32)."""
   scale = q.shape[-1] ** -0.5
   d_out32 = d_out.astype(jnp.float32)
   # sum_k p * dp, per query and head: the softmax Jacobian's correction term.
@@ -105,11 +134,30 @@ def _online_softmax_backward(residuals, d_out):
       d_logits = jnp.where(mask_block, d_logits, 0.0)
     dq = dq + jnp.einsum("bhqk,bkhd->bqhd", d_logits, k_block, preferred_element_type=jnp.float32)
     dk = jnp.einsum("bhqk,bqhd->bkhd", d_logits, q, preferred_element_type=jnp.float32)
-    return dq, (dk.astype(k_block.dtype), dv.astype(v_block.dtype))
+    return dq, (dk, dv)
 
-  dq, (dk, dv) = jax.lax.scan(step, jnp.zeros(q.shape, jnp.float32),
-                              (k_blocks, v_blocks, mask_blocks, real_blocks))
-  return dq.astype(q.dtype), dk, dv, None, None
+  return jax.lax.scan(step, jnp.zeros(q.shape, jnp.float32), blocks)
+
+
+@jax.custom_vjp
+def _online_softmax(q, blocks):
+  return _online_softmax_forward(q, blocks)[0]
+
+
+def _online_softmax_forward(q, blocks):
+  m, l, acc = merge_key_blocks(q, softmax_start(q), blocks)
+  out = softmax_finish(q, (m, l, acc))
+  # m and l, (B, heads, Lq) each, are all the backward pass needs of the softmax. Kept apart, not
+  # as m + log(l): in a fully masked row m is the float32 minimum, which would swallow log(l).
+  return out, (q, blocks, out, m, l)
+
+
+def _online_softmax_backward(residuals, d_out):
+  q, blocks, out, m, l = residuals
+  dq, (dk, dv) = key_block_gradients(q, out, d_out, m, l, blocks)
+  k_blocks, v_blocks = blocks[:2]
+  no_grad = jax.tree.map(lambda _: None, blocks[2:])
+  return dq.astype(q.dtype), (dk.astype(k_blocks.dtype), dv.astype(v_blocks.dtype), *no_grad)
 
 
 _online_softmax.defvjp(_online_softmax_forward, _online_softmax_backward)
@@ -118,22 +166,7 @@ _online_softmax.defvjp(_online_softmax_forward, _online_softmax_backward)
 def _blockwise(q, k, v, mask, block: int = BLOCKWISE_KEYS):
   """Exact attention in key blocks (online softmax, custom backward): activation memory grows
   linearly with sequence length on any backend; the result equals `_xla` up to rounding."""
-  b, lk, h, d = k.shape
-  block = min(block, lk)
-  num_blocks = -(-lk // block)
-  pad = num_blocks * block - lk
-  to_blocks = lambda a: jnp.moveaxis(a.reshape(a.shape[:-1] + (num_blocks, block)), -2, 0)
-  if pad:
-    k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (k, v))
-  k_blocks, v_blocks = (jnp.moveaxis(a.reshape(b, num_blocks, block, h, d), 1, 0) for a in (k, v))
-  real_blocks = jnp.asarray(np.arange(num_blocks * block).reshape(num_blocks, block) < lk)
-  mask_blocks = None
-  if mask is not None:
-    mask = jnp.asarray(mask, bool)
-    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)  # size-1 dims stay size 1
-    mask = jnp.broadcast_to(mask, mask.shape[:3] + (lk,))
-    mask_blocks = to_blocks(jnp.pad(mask, ((0, 0),) * 3 + ((0, pad),), constant_values=True))
-  return _online_softmax(q, k_blocks, v_blocks, mask_blocks, real_blocks)
+  return _online_softmax(q, key_blocks(k, v, mask, block))
 
 
 def _splash_kernel(heads: int, q_len: int, kv_len: int, block: int, interpret: bool):

@@ -105,6 +105,7 @@ class DiTBlock(nn.Module):
   attention: str = "xla"
   joint_text: bool = False
   dtype: Dtype = jnp.float32
+  context_parallel: str = "ulysses"
 
   @nn.compact
   def __call__(self, carry, cond, context, context_mask, rope_angles=None):
@@ -144,7 +145,8 @@ class DiTBlock(nn.Module):
 
     h = _modulate(plain_norm("norm1")(x), shift1, scale1)
     h = layers.Attention(
-      self.num_heads, implementation=self.attention, dtype=self.dtype, name="self_attn"
+      self.num_heads, implementation=self.attention, context_parallel=self.context_parallel,
+      dtype=self.dtype, name="self_attn"
     )(h, mask=key_mask, rope_angles=rope_angles)
     x = layers.constrain(x + gate1 * h, layers.TOKENS)
 
@@ -186,6 +188,9 @@ class DiT(nn.Module):
   # "cross": video tokens cross-attend to the text in every block; "joint": text tokens join the
   # self-attention sequence instead (see DiTBlock).
   text_attention: str = "cross"
+  # How self-attention splits tokens over the mesh's context axis when it has one: "ulysses" or
+  # "ring" (parallel/context.py). Without a context axis it is plain attention.
+  context_parallel: str = "ulysses"
   # What the backward pass keeps from the forward pass of each block (REMAT_POLICIES).
   remat: str = "none"
   # Blocks per iteration of the scan loop; 0 unrolls it fully (one long program, which XLA may
@@ -292,7 +297,7 @@ class DiT(nn.Module):
       text = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype, name="text_embed")(context)
     carry, context = ((h, text), None) if joint else (h, context)
     carry, _ = self._block_stack()(self.hidden, self.num_heads, self.mlp_ratio, self.attention,
-                                   joint, self.dtype, name="blocks")(
+                                   joint, self.dtype, self.context_parallel, name="blocks")(
         carry, cond, context, context_mask, rope_angles)
     h = carry[0] if joint else carry
     # Final adaLN layer and zero-initialised projection back to patches.

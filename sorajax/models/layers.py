@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sorajax.models import attention, rope
+from sorajax.parallel import context as context_attention
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -299,6 +300,9 @@ class Attention(nn.Module):
   zero_out: bool = False
   implementation: str = "xla"
   dtype: Dtype = jnp.float32
+  # Self-attention on a mesh with a context axis: "ulysses" or "ring" split the sequence
+  # (parallel/context.py); None leaves the exchange to XLA (short sequences: text, VAE frames).
+  context_parallel: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None,
@@ -328,7 +332,11 @@ class Attention(nn.Module):
       k = self._norm_and_rotate(kv[:, :, :1], None if scales is None else scales[1:])
       q, k, v = q[:, :, 0], k[:, :, 0], kv[:, :, 1]
     q, k, v = (constrain(a, TOKENS_HEADS) for a in (q, k, v))
-    out = attention.attend(q, k, v, mask=mask, implementation=self.implementation)
+    if context is None and self.context_parallel:  # keys split like the queries
+      out = context_attention.attend(q, k, v, mask, strategy=self.context_parallel,
+                                     implementation=self.implementation)
+    else:
+      out = attention.attend(q, k, v, mask=mask, implementation=self.implementation)
     out_init = nn.initializers.zeros if self.zero_out else None
     return Dense(
       width, ("heads", "kv", "embed"), in_dims=2, kernel_init=out_init, dtype=self.dtype, name="out"

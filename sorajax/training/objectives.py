@@ -33,6 +33,7 @@ from sorajax.models import vae as vae_lib
 from sorajax.models.denoiser import TextToVideo
 from sorajax.diffusion import flow
 from sorajax.diffusion import frame_conditioning
+from sorajax.parallel import context as context_lib
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import checkpoint as checkpoint_lib
 from sorajax.training import reconstruction
@@ -257,6 +258,22 @@ class DiTObjective:
     self.temporal_factor = self.vae_config.vae.temporal_factor
     self.spatial_factor = self.vae_config.vae.spatial_factor
     self.latent_channels = self.vae_config.vae.latent_channels
+    self.mesh, self.rules = mesh, mesh_lib.logical_rules(config.logical_rules)
+    self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(), d.text_max_length)
+    self.null_tokens = self.tokenizer.encode("")
+    self.denoiser = TextToVideo(
+        text=text_lib.TextEncoder(vocab_size=self.tokenizer.vocab_size, hidden=config.text.hidden,
+                                  depth=config.text.depth, num_heads=config.text.num_heads,
+                                  max_length=d.text_max_length, dtype=_dtype(config)),
+        dit=dit_lib.get_dit(config.dit.variant, patch=tuple(config.dit.patch),
+                            out_channels=self.latent_channels, attention=config.dit.attention,
+                            positions=config.dit.get("positions", "sincos"),  # runs saved before rope
+                            pooled_text=config.dit.get("pooled_text", False),
+                            text_attention=config.dit.get("text_attention", "cross"),
+                            remat=config.dit.get("remat", "none"),
+                            scan_unroll=config.dit.get("scan_unroll", 1),
+                            context_parallel=config.dit.get("context_parallel", "ulysses"),
+                            dtype=_dtype(config)))
     self.check_shape(d.frames, d.height, d.width)
     self.buckets = pipeline.train_buckets(config)
     for bucket in self.buckets:
@@ -279,28 +296,25 @@ class DiTObjective:
     self.shift_reference_tokens = int(config.flow.get("shift_reference_tokens", 0))
     _checked(flow.length_shift, float(config.flow.get("time_shift", 1.0)), 1,
              self.shift_reference_tokens)
-    self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(), d.text_max_length)
-    self.null_tokens = self.tokenizer.encode("")
-    self.denoiser = TextToVideo(
-        text=text_lib.TextEncoder(vocab_size=self.tokenizer.vocab_size, hidden=config.text.hidden,
-                                  depth=config.text.depth, num_heads=config.text.num_heads,
-                                  max_length=d.text_max_length, dtype=_dtype(config)),
-        dit=dit_lib.get_dit(config.dit.variant, patch=tuple(config.dit.patch),
-                            out_channels=self.latent_channels, attention=config.dit.attention,
-                            positions=config.dit.get("positions", "sincos"),  # runs saved before rope
-                            pooled_text=config.dit.get("pooled_text", False),
-                            text_attention=config.dit.get("text_attention", "cross"),
-                            remat=config.dit.get("remat", "none"),
-                            scan_unroll=config.dit.get("scan_unroll", 1),
-                            dtype=_dtype(config)))
     self.frozen = {"vae": vae_params, "latent_mean": None, "latent_std": None}
     self.train_sources = None  # per bucket, set by `prepare` when data.latent_cache > 0
 
   def check_shape(self, frames: int, height: int, width: int) -> None:
-    """Pixels must fit the VAE's factors and the latent grid the DiT's patch."""
+    """Pixels must fit the VAE's factors, the latent grid the DiT's patch, and its tokens the
+    mesh's context axis."""
     pt, ph, pw = self.config.dit.patch
     _checked(factors.check_video_shape, frames, height, width, self.temporal_factor,
              self.spatial_factor * max(ph, pw), pt)
+    self._check_context_split(frames, height, width)
+
+  def _check_context_split(self, frames: int, height: int, width: int) -> None:
+    """A clip's self-attention sequence must split over the mesh's context axis."""
+    dit = self.denoiser.dit
+    tokens = self.num_tokens(self.latent_shape(frames, height, width))
+    if dit.text_attention == "joint":
+      tokens += self.config.data.text_max_length
+    _checked(context_lib.check_mesh_split, self.mesh, self.rules, tokens, dit.num_heads,
+             dit.context_parallel)
 
   def num_tokens(self, latent_shape: tuple[int, ...]) -> int:
     """DiT tokens per clip of latents (T, H, W, C)."""
