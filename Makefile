@@ -6,7 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO := runs/demo
 
-.PHONY: install test demo clean
+AOT_VENV ?= .venv-aot
+
+.PHONY: install test demo clean aot-venv
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,16 @@ demo: install
 	    --config.vae_workdir=$(DEMO)/vae
 	$(PY) -m sorajax.evaluate --workdir $(DEMO)/dit --out $(DEMO)/report
 	@echo "videos, contact sheet and report: $(DEMO)/report (see report.md)"
+
+# A second virtualenv with libtpu, for `python -m sorajax.aot --topology v5p:...` on any machine
+# (kept apart: libtpu in the main one makes every CPU run probe for a TPU).
+$(AOT_VENV)/.installed: setup.py
+	test -x $(AOT_VENV)/bin/python || $(PYTHON) -m venv $(AOT_VENV)
+	$(AOT_VENV)/bin/python -m pip install --upgrade pip
+	$(AOT_VENV)/bin/python -m pip install -e '.[dev,tpu_aot]'
+	touch $@
+
+aot-venv: $(AOT_VENV)/.installed
 
 clean:
 	rm -rf $(DEMO)

@@ -26,5 +26,7 @@ setuptools.setup(
         # TFDS drags in TensorFlow; only the TFDS source needs it.
         "tfds": ["tensorflow-datasets", "tensorflow-cpu"],
         "dev": ["pytest", "pytest-xdist"],
+        # libtpu, matched to jax by jax's own extra: ahead-of-time compiles for TPU topologies.
+        "tpu_aot": ["jax[tpu]"],
     },
 )

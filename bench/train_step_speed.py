@@ -16,11 +16,11 @@ import flax.linen as nn
 import jax
 
 from sorajax import configuration
-from sorajax import train
 from sorajax.data import pipeline
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 from sorajax.training import state as state_lib
+from sorajax.training import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +40,7 @@ def time_steps(config, steps: int, workdir: str):
       objective.init_params, optimizer, config.train.ema_decay, jax.random.key(0), mesh, rules)
   batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_sources)
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
-  step = train.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
+  step = step_lib.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
   rng = jax.random.key(1)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state, metrics = step(state, next(batches), frozen, rng)

@@ -4,7 +4,9 @@ r"""The one trainer: trains the VAE or the DiT, whichever the config's `objectiv
   python -m sorajax.train --config configs/shapes/dit.py:variant=tiny \
       --config.train.num_steps=100 --config.vae_workdir=runs/demo/vae --workdir runs/demo/dit
 
-Rerunning with the same workdir resumes from its latest checkpoint.
+Rerunning with the same workdir resumes from its latest checkpoint, on any mesh. Several processes
+(hosts) run the same command with --distributed or an explicit job (sorajax/parallel/distributed.py);
+launch/ starts them.
 """
 from __future__ import annotations
 
@@ -16,53 +18,22 @@ import signal
 import flax.linen as nn
 import jax
 import ml_collections
-import optax
 from absl import flags
 from ml_collections import config_flags
 
 from sorajax import configuration
 from sorajax.data import pipeline
+from sorajax.parallel import distributed
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import checkpoint as checkpoint_lib
 from sorajax.training import metrics as metrics_lib
 from sorajax.training import objectives
 from sorajax.training import state as state_lib
+from sorajax.training import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and config.json go.")
-
-
-def make_train_step(objective, optimizer, ema_decay: float):
-  """loss + grad + update (+ EMA) for one global batch; norms are computed inside the step."""
-
-  def train_step(state: state_lib.TrainState, batch, frozen, rng):
-    step_rng = jax.random.fold_in(rng, state.step)
-    (loss, aux), grads = jax.value_and_grad(objective.loss, has_aux=True)(
-        state.params, frozen, batch, step_rng, state.step)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      ema = state_lib.ema_update(ema, params, ema_decay, state.step)
-    metrics = {"train/loss": loss,
-               "train/grad_norm": optax.tree.norm(grads),
-               "train/param_norm": optax.tree.norm(params),
-               "train/update_norm": optax.tree.norm(updates),
-               **{f"train/{name}": value for name, value in aux.items()}}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         ema_params=ema), metrics
-
-  return train_step
-
-
-def jit_train_step(objective, optimizer, ema_decay: float, shardings, mesh, donate: bool = True):
-  """The step, jitted with explicit shardings (state as given, batch as it comes, rest replicated)."""
-  replicated = mesh_lib.replicated(mesh)
-  return jax.jit(make_train_step(objective, optimizer, ema_decay),
-                 in_shardings=(shardings, None, replicated, replicated),
-                 out_shardings=(shardings, replicated),
-                 donate_argnums=(0,) if donate else ())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
@@ -78,7 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # Mesh and logical axis rules.
   # ---------------------------------------------------------------------------------------------
   try:
-    mesh = mesh_lib.make_mesh(config.mesh.to_dict())
+    mesh = mesh_lib.make_mesh(config.mesh.to_dict(), dcn_shape=config.get("dcn_mesh", {}))
   except ValueError as e:
     raise configuration.ConfigError(str(e)) from e
   rules = mesh_lib.logical_rules(config.logical_rules)
@@ -112,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # ---------------------------------------------------------------------------------------------
   # The jitted step: explicit shardings, state donated.
   # ---------------------------------------------------------------------------------------------
-  train_step = jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
+  train_step = step_lib.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
 
   # ---------------------------------------------------------------------------------------------
   # Loop.
@@ -163,6 +134,7 @@ def main(argv):
   del argv
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise configuration.ConfigError("pass both --config <file.py[:arg]> and --workdir <dir>")
+  distributed.initialize()
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -93,3 +93,19 @@ def test_splash_rejects_other_masks_and_other_backends():
   if jax.default_backend() != "tpu":
     with pytest.raises(ValueError, match="needs a TPU.*use 'blockwise'"):
       attention.attend(q, k, v, implementation="splash")
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "padding"])
+def test_pallas_kernels_run_per_device_on_a_mesh(mask_kind):
+  """XLA cannot partition a Pallas kernel; `per_device` runs it on each device's examples and
+  heads (here splash in interpret mode on 8 fake devices: batch over data, heads over tensor)."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from sorajax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  q, k, v = _qkv(batch=4, lq=40, lk=40, heads=2, dim=128)
+  mask = jnp.asarray(np.arange(40)[None, :] < np.array([[31], [40], [12], [40]]))[:, None, None, :]
+  mask = None if mask_kind == "none" else mask
+  mesh = mesh_lib.make_mesh({"data": 4, "tensor": 2})
+  kernel = lambda q, k, v, m: attention.splash(q, k, v, m, interpret=True)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.DEFAULT_LOGICAL_RULES):
+    out = jax.jit(lambda q, k, v, m: mesh_lib.per_device(kernel, mesh, q, k, v, m))(q, k, v, mask)
+  np.testing.assert_allclose(out, attention._xla(q, k, v, mask), atol=1e-5, rtol=1e-5)

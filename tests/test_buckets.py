@@ -42,9 +42,10 @@ def _bucketed_config(vae_workdir, steps):
 
 def test_one_compile_per_bucket(vae_workdir, tmp_path, monkeypatch):
   from sorajax import train  # pylint: disable=import-outside-toplevel
-  make_step = train.make_train_step
+  from sorajax.training import step as step_lib  # pylint: disable=import-outside-toplevel
+  make_step = step_lib.make_train_step
   # The step function is traced once per bucket shape and never again.
-  monkeypatch.setattr(train, "make_train_step",
+  monkeypatch.setattr(step_lib, "make_train_step",
                       lambda *a: chex.assert_max_traces(make_step(*a), n=2))
   seen = []
   real_next = pipeline.BucketedBatches.__next__

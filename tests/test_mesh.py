@@ -35,3 +35,10 @@ def test_logical_shardings_follow_rules_and_replicate_what_does_not_divide():
   shardings = mesh_lib.logical_shardings(abstract, mesh, rules)
   assert shardings["w"].spec == P("fsdp", "tensor")
   assert shardings["odd"].spec == P(None, None)  # 3 rows do not split over 4 devices
+
+
+def test_dcn_mesh_needs_one_granule_per_unit():
+  with pytest.raises(ValueError, match=r"dcn_mesh: .*over 1 slices, or processes"):
+    mesh_lib.make_mesh({"data": -1}, dcn_shape={"data": 2})
+  # All ones: a plain mesh.
+  assert mesh_lib.make_mesh({"fsdp": -1}, dcn_shape={"data": 1}).shape["fsdp"] == 8

@@ -10,11 +10,11 @@ from sorajax.data import pipeline
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 from sorajax.training import state as state_lib
+from sorajax.training import step as step_lib
 from tiny import DIT_CONFIG, VAE_CONFIG, tiny_config
 
 def one_step(config, objective, mesh):
   """Loss and updated params after one step from the same init and batch on `mesh`."""
-  from sorajax import train  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   rules = mesh_lib.logical_rules(config.logical_rules)
   optimizer = state_lib.make_optimizer(config.train)
@@ -22,14 +22,15 @@ def one_step(config, objective, mesh):
       objective.init_params, optimizer, config.train.ema_decay, jax.random.key(0), mesh, rules)
   batch = next(pipeline.train_batches(config, mesh, objective.tokenizer))
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
-  step = train.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh,
+  step = step_lib.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh,
                               donate=False)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state, metrics = step(state, batch, frozen, jax.random.key(1))
   return float(metrics["train/loss"]), jax.device_get(state.params)
 
 
-@pytest.mark.parametrize("objective", ["vae", "dit"])
+# The DiT on every mesh layout, to 1e-5 in loss and gradients: tests/test_parallel_dit.py.
+@pytest.mark.parametrize("objective", ["vae"])
 def test_sharded_step_matches_single_device(objective, vae_workdir, tmp_path):
   config = tiny_config(VAE_CONFIG if objective == "vae" else DIT_CONFIG)
   config.vae_workdir = vae_workdir if objective == "dit" else ""

@@ -24,6 +24,8 @@ def get_config(arg=None):
   config.vae_workdir = "runs/demo/vae"
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))
+  # Across slices (TPU multislice; processes elsewhere): each axis is its mesh size x this.
+  config.dcn_mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, context=1))
   config.logical_rules = [list(rule) for rule in mesh.DEFAULT_LOGICAL_RULES]
 
   config.data = ml_collections.ConfigDict()

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sorajax.parallel import mesh as mesh_lib
+
 
 def _xla(q, k, v, mask):
   """Plain einsum softmax; logits, softmax and both matmul accumulations in float32."""
@@ -212,11 +214,22 @@ def splash(q, k, v, mask=None, interpret: bool = False):
   return out.transpose(0, 2, 1, 3)[:, :lq].astype(q.dtype)
 
 
+def _target_platform() -> str:
+  """The platform the program is for: the current mesh's devices (an ahead-of-time compile may
+  target a TPU topology from a CPU host), else the default backend."""
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
 def _splash_on_tpu(q, k, v, mask):
-  if jax.default_backend() != "tpu":
-    raise ValueError(f"attention implementation='splash' needs a TPU (backend is "
-                     f"{jax.default_backend()}); use 'blockwise' or 'xla' here")
-  return splash(q, k, v, mask)
+  if _target_platform() != "tpu":
+    raise ValueError(f"attention implementation='splash' needs a TPU (this program is for "
+                     f"{_target_platform()}); use 'blockwise' or 'xla' here")
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1 or mesh.are_all_axes_manual:  # one device, or in a shard_map
+    return splash(q, k, v, mask)
+  # XLA cannot partition a Pallas kernel: each device runs it on its own examples and heads.
+  return mesh_lib.per_device(splash, mesh, q, k, v, mask)
 
 
 _IMPLEMENTATIONS: dict[str, Callable] = {

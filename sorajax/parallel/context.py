@@ -28,16 +28,9 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from sorajax.models import attention
+from sorajax.parallel import mesh as mesh_lib
 
 STRATEGIES = ("ulysses", "ring")
-
-
-def _mesh_axes(name: str) -> tuple[str, ...]:
-  """The mesh axes a logical activation axis maps to under the current rules."""
-  spec = nn.logical_to_mesh_axes((name,))[0]
-  if spec is None:
-    return ()
-  return (spec,) if isinstance(spec, str) else tuple(spec)
 
 
 def context_size() -> int:
@@ -45,14 +38,14 @@ def context_size() -> int:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return 1
-  return math.prod(mesh.shape[a] for a in _mesh_axes("activation_length"))
+  return math.prod(mesh.shape[a] for a in mesh_lib.mesh_axes("activation_length"))
 
 
 def check_mesh_split(mesh, rules, num_tokens: int, num_heads: int, strategy: str) -> None:
   """`check_split` for a mesh and logical rules ahead of tracing (a no-op without a context axis)."""
   with nn.logical_axis_rules(rules):
-    context = math.prod(mesh.shape[a] for a in _mesh_axes("activation_length"))
-    tensor = math.prod(mesh.shape[a] for a in _mesh_axes("activation_heads"))
+    context = math.prod(mesh.shape[a] for a in mesh_lib.mesh_axes("activation_length"))
+    tensor = math.prod(mesh.shape[a] for a in mesh_lib.mesh_axes("activation_heads"))
   if context > 1:
     check_split(num_tokens, num_heads, strategy, context, tensor)
 
@@ -88,9 +81,9 @@ def attend(q, k, v, mask=None, *, strategy: str, implementation: str = "xla"):
     raise ValueError(f"context-parallel attention takes a key-padding mask (B, 1, 1, L), not "
                      f"{mask.shape}")
   mesh = jax.sharding.get_abstract_mesh()
-  batch_axes = _mesh_axes("activation_batch")
-  heads_axes = _mesh_axes("activation_heads")
-  (length_axis,) = _mesh_axes("activation_length") or (None,)
+  batch_axes = mesh_lib.mesh_axes("activation_batch")
+  heads_axes = mesh_lib.mesh_axes("activation_heads")
+  (length_axis,) = mesh_lib.mesh_axes("activation_length") or (None,)
   tensor = math.prod(mesh.shape[a] for a in heads_axes)
   check_split(q.shape[1], q.shape[2], strategy, context, tensor)
   if q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes):

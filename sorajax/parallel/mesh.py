@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "context")
@@ -60,12 +62,39 @@ DEFAULT_LOGICAL_RULES = (
 )
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds the (data, fsdp, tensor, context) mesh from the config's `mesh` block."""
+def _slices(devices: Sequence[jax.Device]) -> int:
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def _granules(devices: Sequence[jax.Device]) -> int:
+  """Slices (TPU multislice) or, within one slice, processes: the units DCN connects."""
+  return _slices(devices) if _slices(devices) > 1 else len({d.process_index for d in devices})
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None,
+              dcn_shape: Mapping[str, int] | None = None) -> Mesh:
+  """Builds the (data, fsdp, tensor, context) mesh from the config's `mesh` block.
+
+  `dcn_shape` (the config's `dcn_mesh`) splits axes across slices, or across processes where
+  devices have no slices: `shape` is then the mesh within one slice (ICI), and each axis's size
+  in the result is its ICI size times its DCN size. Put data (or fsdp) on DCN: its collectives
+  are the rarest and most tolerant of the slower links.
+  """
   devices = list(devices) if devices is not None else jax.devices()
-  sizes = resolve_mesh_shape(shape, len(devices))
   # Auto axes: XLA propagates shardings from the constraints the model and the step give it.
   axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  dcn_shape = dict((dcn_shape or {}).items())
+  if any(int(size) != 1 for size in dcn_shape.values()):
+    granules = _granules(devices)
+    try:
+      dcn = resolve_mesh_shape(dcn_shape, granules)
+    except ValueError as e:
+      raise ValueError(f"dcn_mesh: {e} (over {granules} slices, or processes without slices)") from e
+    ici = resolve_mesh_shape(shape, len(devices) // granules)
+    grid = mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, devices, process_is_granule=_slices(devices) == 1)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
+  sizes = resolve_mesh_shape(shape, len(devices))
   if devices == jax.devices():
     return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types, devices=devices)
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=axis_types)
@@ -79,6 +108,34 @@ def logical_rules(rules: Sequence[Sequence]) -> tuple[tuple[str, str | tuple[str
       target = tuple(target)
     out.append((name, target))
   return tuple(out)
+
+
+def mesh_axes(logical_name: str) -> tuple[str, ...]:
+  """The mesh axes a logical axis name maps to under the current `nn.logical_axis_rules`."""
+  spec = nn.logical_to_mesh_axes((logical_name,))[0]
+  if spec is None:
+    return ()
+  return (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def per_device(fn, mesh, q, k, v, mask):
+  """Runs attention `fn(q, k, v, mask)` on each device's examples and heads (shard_map), for
+  kernels XLA cannot partition itself (Pallas); q, k, v are (B, L, heads, d), mask None or
+  (B, 1, 1, Lk). Axes that do not divide the batch or heads are left whole."""
+  batch = mesh_axes("activation_batch")
+  heads = mesh_axes("activation_heads")
+  if q.shape[0] % math.prod(mesh.shape[a] for a in batch):
+    batch = ()
+  if q.shape[2] % math.prod(mesh.shape[a] for a in heads):
+    heads = ()
+  tokens = PartitionSpec(batch or None, None, heads or None, None)
+  if mask is None:
+    return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh, in_specs=(tokens,) * 3,
+                         out_specs=tokens, check_vma=False)(q, k, v)
+  mask = jnp.broadcast_to(jnp.asarray(mask, bool), (q.shape[0], 1, 1, k.shape[1]))
+  keys = PartitionSpec(batch or None, None, None, None)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(tokens,) * 3 + (keys,), out_specs=tokens,
+                       check_vma=False)(q, k, v, mask)
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

@@ -47,7 +47,16 @@ class Checkpointer:
     return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, step: int, abstract_state, data_iterators=None):
+    """The state at `step`, resharded onto `abstract_state`'s shardings (any mesh, any number of
+    processes), with the data iterators' positions when the job has as many processes as the one
+    that saved them; otherwise the data streams start afresh (with a warning)."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
+    saved_processes = self._data_process_count(step)
+    if data_iterators and saved_processes not in (None, jax.process_count()):
+      logging.warning("checkpoint %d was written by %d processes and this job has %d: the model "
+                      "state is resharded, the data streams start afresh", step, saved_processes,
+                      jax.process_count())
+      data_iterators = None
     for name, iterator in (data_iterators or {}).items():
       items[name] = grain.PyGrainCheckpointRestore(iterator)
     # Compare shapes first: a failed restore leaves orbax's async reads to fail noisily later.
@@ -60,6 +69,15 @@ class Checkpointer:
     raise ConfigError(f"checkpoint at step {step} does not match this config: {mismatch}; train it "
                       "with the config it was saved with (config.json in its workdir) or use a new "
                       "workdir")
+
+  def _data_process_count(self, step: int) -> int | None:
+    """How many processes wrote the data iterators' states (files process_I-of-N.json)."""
+    folder = os.path.join(str(self._manager.directory), str(step), "data")
+    if not os.path.isdir(folder):
+      return None
+    counts = {name.rsplit("-of-", 1)[1].split(".")[0] for name in os.listdir(folder)
+              if name.startswith("process_") and "-of-" in name}
+    return int(counts.pop()) if len(counts) == 1 else None
 
   def _mismatch(self, step: int, abstract_state) -> str | None:
     """The first parameter (then optimizer entry) whose shape differs from the saved one."""

@@ -96,7 +96,7 @@ class VAEObjective:
   train_sources = None  # the pipeline renders its own
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
-    del mesh
+    self.mesh = mesh
     self.config = config
     v = config.vae
     self.model = build_vae(config)
@@ -172,7 +172,9 @@ class VAEObjective:
         ssim = (reconstruction.ssim(recon, video) if reconstruction.fits_ssim(*video.shape[2:4])
                 else jnp.full_like(scores, jnp.nan))
         return recon, mean, scores, ssim
-      self._reconstruct = jax.jit(reconstruct)
+      # Replicated outputs: every process of a multi-host job can read them whole.
+      self._reconstruct = jax.jit(reconstruct, out_shardings=(
+          None if self.mesh is None else mesh_lib.replicated(self.mesh)))
     return self._reconstruct
 
   def _clips(self, split: str, count: int) -> np.ndarray:
@@ -244,7 +246,9 @@ class DiTObjective:
   (diffusion/frame_conditioning.py) to the share of examples that get those frames clean.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh, vae=None):
+    """`vae`: (VAE config, VAE params, step) in place of restoring `config.vae_workdir`; ahead-of-
+    time compiles pass abstract params (sorajax/aot.py)."""
     self.config = config
     d = config.data
     needed = 1 + shapes.max_caption_words(d.max_objects)  # +1: the bos token
@@ -253,7 +257,8 @@ class DiTObjective:
       raise ConfigError(f"data.text_max_length={d.text_max_length} truncates captions of up to "
                         f"{d.max_objects} objects ({needed} tokens); set "
                         f"--config.data.text_max_length={needed} or more")
-    self.vae_config, vae_params, self.vae_step = restore_inference_params(config.vae_workdir, mesh)
+    self.vae_config, vae_params, self.vae_step = vae or restore_inference_params(
+        config.vae_workdir, mesh)
     self.vae = build_vae(self.vae_config)
     self.temporal_factor = self.vae_config.vae.temporal_factor
     self.spatial_factor = self.vae_config.vae.spatial_factor
@@ -367,7 +372,8 @@ class DiTObjective:
   def _raw_encoder(self):
     """Jitted (vae params, uint8 videos) -> the VAE posterior means, before normalisation."""
     return jax.jit(lambda p, v: self.vae.apply({"params": p}, pixels_to_unit(v),
-                                               method=self.vae.encode)[0])
+                                               method=self.vae.encode)[0],
+                   out_shardings=mesh_lib.replicated(self.mesh))
 
   def _vae_latent_stats(self) -> tuple[np.ndarray, np.ndarray]:
     """The statistics stored with the VAE checkpoint; VAE runs saved before they were stored (or a
@@ -463,7 +469,7 @@ class DiTObjective:
 OBJECTIVES = {"vae": VAEObjective, "dit": DiTObjective}
 
 
-def build_objective(config: ml_collections.ConfigDict, mesh):
+def build_objective(config: ml_collections.ConfigDict, mesh, **kwargs):
   if config.objective not in OBJECTIVES:
     raise ConfigError(f"objective={config.objective!r} is unknown; valid: {', '.join(OBJECTIVES)}")
-  return OBJECTIVES[config.objective](config, mesh)
+  return OBJECTIVES[config.objective](config, mesh, **kwargs)

@@ -92,8 +92,10 @@ def init_sharded_state(init_params, optimizer, ema_decay: float, rng, mesh, rule
 def abstract_state(init_params, optimizer, ema_decay: float, mesh, rules):
   """ShapeDtypeStructs with shardings: the restore target for a checkpoint."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    # The key is made inside the trace too: the mesh may be an abstract TPU topology (aot.py)
+    # on which nothing can run.
     abstract = jax.eval_shape(
-        lambda r: create_state(init_params, optimizer, ema_decay, r), jax.random.key(0))
+        lambda: create_state(init_params, optimizer, ema_decay, jax.random.key(0)))
     shardings = state_shardings(abstract, mesh, rules)
   unboxed = abstract.replace(params=mesh_lib.strip_boxes(abstract.params),
                              ema_params=mesh_lib.strip_boxes(abstract.ema_params))
