@@ -66,3 +66,23 @@ def test_saved_on_8_devices_resumed_on_4_with_another_mesh(tmp_path):
   flat = lambda leaves: np.concatenate([x.ravel() for x in leaves])
   difference = flat(resumed) - flat(reference)
   assert np.linalg.norm(difference) <= 1e-4 * np.linalg.norm(flat(reference))
+
+
+def _losses(output, prefix=""):
+  return [line.split("| loss ")[1].split()[0] for line in output.splitlines()
+          if line.startswith(f"{prefix}step ") and "| loss " in line]
+
+
+def test_processes_that_share_batch_rows_read_the_same_examples(tmp_path):
+  """Tensor parallelism across the two processes: both hold every batch row, so both must read
+  the same share of the data; the losses then equal one process's on the same mesh shape."""
+  two = TINY_VAE[:-3] + [TINY_VAE[-3].replace("steps=4", "steps=2"), *TINY_VAE[-2:]]
+  job = _run([sys.executable, "launch/local.py", "--processes", "2", "--devices_per_process", "4",
+              "--", *two, "--config.dcn_mesh.tensor=2", "--config.mesh.data=4",
+              f"--workdir={tmp_path / 'two'}"])
+  assert job.returncode == 0, job.stdout[-3000:]
+  one = _run(two + ["--config.mesh.tensor=2", "--config.mesh.data=4",
+                    f"--workdir={tmp_path / 'one'}"])
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert len(_losses(one.stdout)) == 2
+  assert _losses(job.stdout, "[0] ") == _losses(one.stdout)

@@ -68,5 +68,8 @@ def test_a_context_axis_that_cannot_split_the_clip_is_a_config_error(vae_workdir
   config = _config(vae_workdir, "ulysses")
   with pytest.raises(configuration.ConfigError, match="ulysses attention needs the 2 heads"):
     objectives.build_objective(config, mesh_lib.make_mesh({"data": 2, "context": 4}))
-  config.dit.context_parallel = "ring"  # 8 tokens: ring splits over 4 but not 16 devices worth
+  config.dit.context_parallel = "ring"  # ring splits the 8 tokens over 4 whatever the heads
   objectives.build_objective(config, mesh_lib.make_mesh({"data": 2, "context": 4}))
+  with pytest.raises(configuration.ConfigError, match=r"num_heads=2 does not split over "
+                     r"tensor=4; use a tensor size that divides it \(e.g. 2\)"):
+    objectives.build_objective(config, mesh_lib.make_mesh({"data": 2, "tensor": 4}))

@@ -76,8 +76,8 @@ def get_config(arg=None):
   # the first frame (animate an image), the first or last k (extend forward or backward, long
   # rollouts), both ends (connect, loop) or random frames; the rest are generated from text alone.
   # One-frame images take none. These teach every prompting mode (sorajax/prompting.py).
-  # With this mix text -> video's color AND motion read 73.1% and 82.7% on two seeds (75.0%
-  # without given frames; bench/RESULTS.md, issue 5).
+  # With this mix text -> video's color AND motion read 82.7% and 75.0% on two seeds (75.0%
+  # without given frames, at an earlier noise setting; bench/RESULTS.md, issue 5).
   config.flow.given_frames = ml_collections.ConfigDict(dict(
       first=0.05, prefix=0.1, last=0.0, suffix=0.15, ends=0.15, random=0.0))
   # > 0: each example's given frames are noised to a time uniform in [0, given_noise] and the model
@@ -86,8 +86,11 @@ def get_config(arg=None):
   # demo (bench/RESULTS.md, issue 5 second pass), so the demo keeps given frames clean.
   config.flow.given_noise = 0.0
   # Correlation of the noise between latent frames (0: independent; see flow.frame_noise). 0.5
-  # doubled the demo's motion accuracy at 600 steps (bench/RESULTS.md, third round).
-  config.flow.frame_noise_correlation = 0.5
+  # helped motion at 600 steps (bench/RESULTS.md, third round), but at 2400 it can leave the DiT
+  # placing consecutive latent frames too close, so objects stall and step back at every latent
+  # frame (travel 0.34 of the training pace on one seed); 0 gives 0.91 and 0.95 on two seeds
+  # (bench/RESULTS.md, "The stall at latent-frame starts").
+  config.flow.frame_noise_correlation = 0.0
   # > 0: contrastive flow matching, minus this share of the error against another example's flow.
   config.flow.contrast_weight = 0.0
   # > 0: add this much of the error's frame-to-frame change to the loss (flow_matching_loss). 2.0

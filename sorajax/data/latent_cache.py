@@ -85,14 +85,17 @@ def _load(path: str, fingerprint: str) -> LatentCache | None:
 
 def load_or_build(workdir: str, source, num_examples: int,
                   encode_batch: Callable[[np.ndarray], np.ndarray], fingerprint: dict,
-                  batch_size: int = 64, name: str = "") -> LatentCache:
+                  batch_size: int = 64, name: str = "",
+                  share: tuple[int, int] | None = None) -> LatentCache:
   """This process's share of the cache: loaded from `workdir` if its fingerprint matches, else
   encoded now and saved there. `fingerprint` (JSON-able) names everything the latents depend on;
-  `name` tells apart the caches of one run's buckets."""
+  `name` tells apart the caches of one run's buckets; `share` (index, count) is the process's
+  share of the batch (data/pipeline.py `batch_share`; default: its process index and count)."""
   if num_examples > len(source):
     raise ValueError(f"data.latent_cache={num_examples} exceeds the {len(source)} clips of the "
                      f"training source; use at most {len(source)}")
-  share = process_share(num_examples, jax.process_index(), jax.process_count())
+  index, count = share or (jax.process_index(), jax.process_count())
+  share = process_share(num_examples, index, count)
   fingerprint = json.dumps(dict(fingerprint, num_examples=num_examples,
                                 share=[share.start, share.stop]), sort_keys=True)
   path = _path(workdir, name)

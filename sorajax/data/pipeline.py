@@ -49,26 +49,43 @@ class EncodeExample(grain.MapTransform):
     return out
 
 
+def batch_share(mesh) -> tuple[int, int]:
+  """(index, count): this process reads share `index` of `count` equal shares of every batch.
+
+  A share is the block of batch rows this process's devices hold. Processes whose devices hold
+  the same rows (a tensor or context axis across hosts) read the same share, so that together
+  they build one consistent global batch; with data-parallel axes only, index and count are the
+  process index and count.
+  """
+  rows = mesh_lib.data_parallel_size(mesh)  # one row per data-parallel position
+  held = mesh_lib.batch_sharding(mesh, 1).addressable_devices_indices_map((rows,)).values()
+  starts = sorted({index[0].indices(rows)[0] for index in held})  # this process's rows
+  first, last = starts[0], starts[-1] + 1
+  if last - first != len(starts):
+    raise ConfigError(f"process {jax.process_index()} holds batch rows {starts} of {rows}, not "
+                      "one block; put the data and fsdp axes outermost in the device order")
+  if rows % len(starts):
+    raise ConfigError(f"{len(starts)} batch rows per process do not divide {rows}")
+  return first // len(starts), rows // len(starts)
+
+
 def per_process_batch_size(global_batch_size: int, mesh, what: str = "train.batch_size") -> int:
   data_parallel = mesh_lib.data_parallel_size(mesh)
   if global_batch_size % data_parallel:
     raise ConfigError(
         f"{what}={global_batch_size} does not divide over {data_parallel} data-parallel "
         f"devices; use a multiple of {data_parallel}")
-  if global_batch_size % jax.process_count():
-    raise ConfigError(f"{what}={global_batch_size} does not divide over "
-                      f"{jax.process_count()} processes")
-  return global_batch_size // jax.process_count()
+  return global_batch_size // batch_share(mesh)[1]
 
 
 def make_loader(source, *, batch_size: int, seed: int, tokenizer=None, shuffle: bool = True,
                 num_epochs: int | None = None, worker_count: int = 0,
-                process_local: bool = False) -> grain.DataLoader:
-  """A grain DataLoader over this process's shard; `batch_size` is per process.
-
-  `process_local`: the source already holds only this process's examples (a latent cache).
-  """
-  shard = grain.NoSharding() if process_local else grain.ShardByJaxProcess(drop_remainder=True)
+                share: tuple[int, int] | None = None) -> grain.DataLoader:
+  """A grain DataLoader over share `share` = (index, count) of the source (see `batch_share`);
+  None: the source already holds only this process's examples (a latent cache).
+  `batch_size` is per process."""
+  shard = grain.NoSharding() if share is None else grain.ShardOptions(
+      shard_index=share[0], shard_count=share[1], drop_remainder=True)
   sampler = grain.IndexSampler(
       num_records=len(source), shard_options=shard,
       shuffle=shuffle, num_epochs=num_epochs, seed=seed)
@@ -83,9 +100,9 @@ class GlobalBatches:
   `iterator` is the grain iterator underneath, the thing checkpoints save and restore.
   """
 
-  def __init__(self, loader: grain.DataLoader, mesh):
+  def __init__(self, loader: grain.DataLoader, mesh, global_batch_size: int):
     self.iterator = iter(loader)
-    self._mesh = mesh
+    self._mesh, self._size = mesh, global_batch_size
 
   def __iter__(self):
     return self
@@ -93,7 +110,8 @@ class GlobalBatches:
   def __next__(self) -> dict[str, jax.Array]:
     local = next(self.iterator)
     return {name: jax.make_array_from_process_local_data(
-                mesh_lib.batch_sharding(self._mesh, value.ndim), value)
+                mesh_lib.batch_sharding(self._mesh, value.ndim), value,
+                (self._size,) + value.shape[1:])
             for name, value in local.items()}
 
 
@@ -148,6 +166,6 @@ def train_batches(config: ml_collections.ConfigDict, mesh, tokenizer=None,
     loader = make_loader(source, batch_size=per_process_batch_size(bucket.batch_size, mesh, what),
                          seed=config.seed + i, tokenizer=tokenizer,
                          worker_count=config.data.worker_count,
-                         process_local=local is not None)
-    streams.append(GlobalBatches(loader, mesh))
+                         share=None if local is not None else batch_share(mesh))
+    streams.append(GlobalBatches(loader, mesh, bucket.batch_size))
   return BucketedBatches(streams, buckets, config.seed)

@@ -42,12 +42,23 @@ def context_size() -> int:
 
 
 def check_mesh_split(mesh, rules, num_tokens: int, num_heads: int, strategy: str) -> None:
-  """`check_split` for a mesh and logical rules ahead of tracing (a no-op without a context axis)."""
+  """`check_split` for a mesh and logical rules ahead of tracing (only the strategy's name is
+  checked without a context axis)."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f"context_parallel={strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
   with nn.logical_axis_rules(rules):
     context = math.prod(mesh.shape[a] for a in mesh_lib.mesh_axes("activation_length"))
     tensor = math.prod(mesh.shape[a] for a in mesh_lib.mesh_axes("activation_heads"))
+  _check_heads(num_heads, tensor)
   if context > 1:
     check_split(num_tokens, num_heads, strategy, context, tensor)
+
+
+def _check_heads(num_heads: int, tensor: int) -> None:
+  if num_heads % tensor:
+    fits = max(t for t in range(1, tensor + 1) if num_heads % t == 0)
+    raise ValueError(f"num_heads={num_heads} does not split over tensor={tensor}; use a tensor "
+                     f"size that divides it (e.g. {fits})")
 
 
 def check_split(num_tokens: int, num_heads: int, strategy: str, context: int, tensor: int) -> None:
@@ -58,9 +69,7 @@ def check_split(num_tokens: int, num_heads: int, strategy: str, context: int, te
     fits = [c for c in range(context, 0, -1) if num_tokens % c == 0][0]
     raise ValueError(f"a sequence of {num_tokens} tokens does not split over context={context}; "
                      f"use a context size that divides it (e.g. {fits}) or another clip size")
-  if num_heads % tensor:
-    raise ValueError(f"num_heads={num_heads} does not split over tensor={tensor}; use a tensor size "
-                     f"that divides it")
+  _check_heads(num_heads, tensor)
   if strategy == "ulysses" and (num_heads // tensor) % context:
     raise ValueError(f"ulysses attention needs the {num_heads // tensor} heads per tensor shard "
                      f"to split over context={context}; use context_parallel='ring' or a context "

@@ -161,10 +161,27 @@ def strip_boxes(tree):
   return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
 
 
-def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
+def _spread(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, axis: str) -> PartitionSpec:
+  """`spec` with `axis` added to the largest dimension it then still divides, if `spec` does not
+  use it yet: so leaves whose logical axes miss it (biases, norm scales) are split too."""
+  dims = list(tuple(spec) + (None,) * (len(shape) - len(spec)))
+  used = [a for d in dims if d is not None for a in ((d,) if isinstance(d, str) else d)]
+  if axis in used or mesh.shape[axis] == 1:
+    return spec
+  for i in sorted(range(len(shape)), key=lambda i: -shape[i]):
+    current = () if dims[i] is None else ((dims[i],) if isinstance(dims[i], str) else dims[i])
+    if shape[i] % (math.prod(mesh.shape[a] for a in current) * mesh.shape[axis]) == 0:
+      dims[i] = current + (axis,) if current else axis
+      return PartitionSpec(*dims)
+  return spec
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules, spread_over: str | None = None) -> object:
   """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) abstract arrays.
 
-  The result has the structure of the unboxed tree. Leaves without logical names replicate.
+  The result has the structure of the unboxed tree. Leaves without logical names replicate;
+  with `spread_over` (e.g. "fsdp"), every leaf that does not use that mesh axis yet is split over
+  it along a dimension it divides (ZeRO-3 for the leaves the rules leave whole).
   """
   specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(specs, rules)
@@ -175,6 +192,8 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
     fitted = _fit_spec(spec, value.shape, mesh)
     if fitted != spec:
       logging.debug("replicating dims of %s %s not divisible by %s", value.shape, spec, mesh.shape)
+    if spread_over is not None:
+      fitted = _spread(fitted, value.shape, mesh, spread_over)
     return NamedSharding(mesh, fitted)
 
   return jax.tree.map(lambda spec, value: to_sharding(value, spec), mesh_specs, values,

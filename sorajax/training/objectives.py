@@ -365,7 +365,8 @@ class DiTObjective:
     try:
       return latent_cache.load_or_build(workdir, source, d.latent_cache,
                                         lambda v: encode(self.frozen["vae"], v), fingerprint,
-                                        name=bucket.name if named else "")
+                                        name=bucket.name if named else "",
+                                        share=pipeline.batch_share(self.mesh))
     except ValueError as e:
       raise ConfigError(str(e)) from e
 

@@ -53,9 +53,11 @@ def create_state(init_params, optimizer: optax.GradientTransformation, ema_decay
 
 
 def state_shardings(abstract_boxed_state: TrainState, mesh, rules) -> TrainState:
-  """Shardings for every leaf: params and EMA from their logical names, optimizer moments like
-  the params they track, scalars replicated."""
-  param_shardings = mesh_lib.logical_shardings(abstract_boxed_state.params, mesh, rules)
+  """Shardings for every leaf: params and EMA from their logical names (and over fsdp wherever
+  it divides), optimizer moments like the params they track, scalars replicated."""
+  # Every leaf split over fsdp, even those whose logical axes do not name it (biases, scales).
+  param_shardings = mesh_lib.logical_shardings(abstract_boxed_state.params, mesh, rules,
+                                               spread_over="fsdp")
   params_struct = jax.tree.structure(param_shardings)
 
   def opt_leaf_shardings(subtree):
