@@ -7,13 +7,15 @@ PY := $(VENV)/bin/python
 DEMO := runs/demo
 
 AOT_VENV ?= .venv-aot
+# setup.py extras for `make install`; TPU VMs use EXTRAS=tpu (launch/tpu_pod.py).
+EXTRAS ?= dev
 
 .PHONY: install test demo clean aot-venv
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,7 +35,7 @@ demo: install
 $(AOT_VENV)/.installed: setup.py
 	test -x $(AOT_VENV)/bin/python || $(PYTHON) -m venv $(AOT_VENV)
 	$(AOT_VENV)/bin/python -m pip install --upgrade pip
-	$(AOT_VENV)/bin/python -m pip install -e '.[dev,tpu_aot]'
+	$(AOT_VENV)/bin/python -m pip install -e '.[dev,tpu]'
 	touch $@
 
 aot-venv: $(AOT_VENV)/.installed

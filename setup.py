@@ -26,7 +26,8 @@ setuptools.setup(
         # TFDS drags in TensorFlow; only the TFDS source needs it.
         "tfds": ["tensorflow-datasets", "tensorflow-cpu"],
         "dev": ["pytest", "pytest-xdist"],
-        # libtpu, matched to jax by jax's own extra: ahead-of-time compiles for TPU topologies.
-        "tpu_aot": ["jax[tpu]"],
+        # libtpu, matched to jax by jax's own extra: training on TPU VMs, and ahead-of-time
+        # compiles for TPU topologies from any machine (make aot-venv).
+        "tpu": ["jax[tpu]"],
     },
 )

@@ -74,16 +74,26 @@ def run(jobs) -> int:
           continue
         pending.remove(proc)
         if code and not status:  # the first failure stops the rest: they would wait forever
-          status = code
-          for other in pending:
-            other.terminate()
+          status = code if code > 0 else 128 - code  # killed by signal N: 128 + N, as shells do
+          _stop(pending)
   except KeyboardInterrupt:
-    for proc in procs:
-      proc.terminate()
+    _stop(procs)
     status = 130
   for thread in relays:
     thread.join(timeout=5)
   return status
+
+
+def _stop(procs, grace: float = 10.0) -> None:
+  """SIGTERM (a trainer saves and exits), then SIGKILL for any still running after `grace`
+  seconds: one stuck in a collective with a dead peer never exits by itself."""
+  for proc in procs:
+    proc.terminate()
+  for proc in procs:
+    try:
+      proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+      proc.kill()
 
 
 def main() -> int:

@@ -1,11 +1,12 @@
-r"""Submits one command as a multi-node GPU job to SLURM: one process per node, all its GPUs.
+r"""Submits one command as a multi-node GPU job to SLURM: one process per GPU.
 
   python launch/slurm.py --nodes 4 --gpus_per_node 8 --partition gpu --time 24:00:00 --dry_run -- \
       python -m sorajax.train --config configs/shapes/dit.py --workdir /shared/runs/dit
 
 Writes the batch script to --script (default: slurm_<job name>.sh in the working directory) and
 runs `sbatch` on it; --dry_run prints the script and the sbatch command instead. Inside the job,
-`srun` starts the processes and jax's SLURM detection (--distributed) connects them.
+`srun` starts one task per GPU and jax's SLURM detection (--distributed) connects them, giving
+each task the GPU of its local rank.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def batch_script(command: list[str], *, job_name: str, nodes: int, gpus_per_node: int,
                  partition: str | None, time: str, account: str | None) -> str:
-  directives = [f"--job-name={job_name}", f"--nodes={nodes}", "--ntasks-per-node=1",
-                f"--gpus-per-node={gpus_per_node}", "--exclusive", f"--time={time}",
+  directives = [f"--job-name={job_name}", f"--nodes={nodes}",
+                f"--ntasks-per-node={gpus_per_node}", f"--gpus-per-node={gpus_per_node}",
+                "--exclusive", f"--time={time}",
                 f"--output={job_name}-%j.out"]
   if partition:
     directives.append(f"--partition={partition}")
@@ -33,7 +35,7 @@ def batch_script(command: list[str], *, job_name: str, nodes: int, gpus_per_node
       "set -euo pipefail",
       f"cd {shlex.quote(ROOT)}",
       "export PATH=$PWD/.venv/bin:$PATH",
-      # One process per node sees all of that node's GPUs; XLA may take most of their memory.
+      # jax's SLURM detection gives each task the GPU of its SLURM_LOCALID.
       "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9",
       f"srun {shlex.join(command + ['--distributed'])}",
   ]

@@ -3,11 +3,13 @@ r"""Runs one command on every worker of a Cloud TPU VM (a pod slice), as one jax
   python launch/tpu_pod.py --tpu my-v5p-128 --zone us-east5-a --dry_run -- \
       python -m sorajax.train --config configs/shapes/dit.py --workdir gs://bucket/runs/dit
 
-Steps, each a gcloud command printed before it runs (--dry_run prints them only):
-  1. copy this checkout to every worker (scp --recurse, --worker=all);
-  2. install it into a virtualenv there (`make install`), unless --skip_install;
-  3. run the command on all workers at once with --distributed appended, so each process finds
+Steps, each printed before it runs (--dry_run prints them only):
+  1. pack the committed code (`git archive HEAD`: no virtualenvs, runs or uncommitted edits);
+  2. copy it to every worker and unpack it into a fresh --remote_dir;
+  3. install it with the TPU extra (jax with libtpu) there, unless --skip_install;
+  4. run the command on all workers at once with --distributed appended, so each process finds
      the others through jax's TPU cluster detection (sorajax/parallel/distributed.py).
+The workdir must be on a filesystem every worker sees (a mounted bucket or NFS path).
 """
 from __future__ import annotations
 
@@ -22,15 +24,23 @@ import command_line  # launch/, beside this file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+ARCHIVE = "sorajax-code.tar.gz"
+
+
 def gcloud_commands(tpu: str, zone: str, project: str | None, remote_dir: str, command: list[str],
                     install: bool) -> list[list[str]]:
   where = ["--zone", zone] + (["--project", project] if project else [])
   ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, *where, "--worker=all", "--command"]
-  steps = [["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", ROOT,
-            f"{tpu}:{remote_dir}", *where, "--worker=all"]]
-  cd = f"cd {shlex.quote(remote_dir)}"
+  local_archive = os.path.join(ROOT, "build", ARCHIVE)
+  directory = shlex.quote(remote_dir)
+  steps = [["mkdir", "-p", os.path.dirname(local_archive)],
+           ["git", "-C", ROOT, "archive", "--format=tar.gz", "-o", local_archive, "HEAD"],
+           ["gcloud", "compute", "tpus", "tpu-vm", "scp", local_archive, f"{tpu}:{ARCHIVE}", *where,
+            "--worker=all"],
+           ssh + [f"rm -rf {directory} && mkdir -p {directory} && tar -xzf {ARCHIVE} -C {directory}"]]
+  cd = f"cd {directory}"
   if install:
-    steps.append(ssh + [f"{cd} && make install"])
+    steps.append(ssh + [f"{cd} && make install EXTRAS=tpu"])
   # The venv's python, whatever the command names; --distributed joins the pod-wide job.
   run = shlex.join(command + ["--distributed"])
   steps.append(ssh + [f"{cd} && PATH=$PWD/.venv/bin:$PATH {run}"])

@@ -60,7 +60,8 @@ def load_vae_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def abstract_vae(vae_config, mesh):
-  """(VAE config, abstract VAE params replicated on `mesh`, step 0): the DiT's frozen VAE as shapes."""
+  """(VAE config, abstract VAE params replicated on `mesh`, step 0): the DiT's frozen VAE as
+  shapes, replicated as the trainer places it."""
   vae = objectives.VAEObjective(vae_config, mesh)
   params = jax.eval_shape(lambda: vae.model_params(vae.init_params(jax.random.key(0))))
   params = mesh_lib.strip_boxes(params)
@@ -91,7 +92,8 @@ def _abstract_frozen(objective, config, mesh):
 
 
 def compile_train_step(config, mesh, vae_config=None):
-  """(the compiled training step for `config` on `mesh`, its objective); all inputs abstract."""
+  """(the compiled training step for `config` on `mesh`, its objective, the abstract train
+  state); all inputs abstract."""
   kwargs = {}
   if config.objective == "dit":
     if vae_config is None:
@@ -169,8 +171,9 @@ def main(argv):
   print(f"per device: peak ~{gib(memory['peak_estimate'])} (arguments {gib(memory['argument'])}, "
         f"temporaries {gib(memory['temp'])}); training FLOPs per device "
         f"{result['train_flops_analytic_per_device']:.3g} (analytic)")
-  print("collectives per device per step: " + ", ".join(
-      f"{kind} {gib(size)}" for kind, size in result["collective_bytes_per_device"].items() if size))
+  moved = result["collective_bytes_per_device"]
+  print("collectives per device per step: "
+        + ", ".join(f"{kind} {gib(size)}" for kind, size in moved.items() if size))
   if _OUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     configuration.write_json_atomic(_OUT.value, result)

@@ -11,7 +11,6 @@ minute-long rollout, each with a contact sheet <out>/modes/<mode>.png and a tabl
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -70,10 +69,15 @@ def summarise(rows) -> dict[str, float]:
   return {name: float(np.mean([bool(row[name]) for row in rows])) for name in ATTRIBUTES}
 
 
+def _two_places(value) -> str:
+  return "n/a" if value is None else f"{value:.2f}"
+
+
 def summarise_pace(rows) -> dict[str, float]:
   """Medians of the directional movers' pace (shapes_judge.pace) over every sample."""
   values = {name: [v for row in rows for v in row[name] if v is not None] for name in PACE}
-  return {f"median_{name}": float(np.median(v)) if v else math.nan for name, v in values.items()}
+  # None, not NaN, where there were no movers: report.json stays strict JSON.
+  return {f"median_{name}": float(np.median(v)) if v else None for name, v in values.items()}
 
 
 def write_report(out: str, rows, videos, summary, info, extra_lines=()) -> None:
@@ -96,10 +100,11 @@ def write_report(out: str, rows, videos, summary, info, extra_lines=()) -> None:
            f"- sampling time: {info['seconds']:.1f} s", "",
            "| attribute | accuracy |", "|---|---|"]
   lines += [f"| {name} | {100 * summary[name]:.1f}% |" for name in ATTRIBUTES]
-  lines += ["", "Pace of the left/right/up/down movers: median travel "
-            f"{info['pace']['median_travel']:.2f} of the training clips' (1: the same pace), median "
-            f"evenness {info['pace']['median_evenness']:.2f} (slowest step over mean step; 1: "
-            "steady, <= 0: stops or steps back)."]
+  pace = {name: _two_places(value) for name, value in info["pace"].items()}
+  lines += ["", f"Pace of the left/right/up/down movers: median travel {pace['median_travel']} "
+            "of the training clips' (1: the same pace), median evenness "
+            f"{pace['median_evenness']} (slowest step over mean step; 1: steady, <= 0: stops or "
+            "steps back)."]
   lines += ["", "| caption | seed | color | shape | motion |", "|---|---|---|---|---|"]
   mark = lambda v: "yes" if v else ("n/a" if v is None else "no")
   lines += [f"| {r['caption']} | {r['seed']} | {mark(r['color'])} | {mark(r['shape'])} | "
@@ -156,7 +161,8 @@ def main(argv):
                                   _GUIDANCE.value, _STAGE_FRAMES.value, _SAMPLER.value)
   seconds = time.perf_counter() - start
   summary = summarise(rows)
-  info = {"pace": summarise_pace(rows), "workdir": os.path.abspath(_WORKDIR.value), "step": generator.step,
+  info = {"pace": summarise_pace(rows), "workdir": os.path.abspath(_WORKDIR.value),
+          "step": generator.step,
           "prompts": len(rows) // _SEEDS.value, "seeds": _SEEDS.value, "seconds": seconds,
           "sampler_steps": _STEPS.value or generator.config.sample.steps,
           "sampler": _SAMPLER.value or generator.config.sample.get("sampler", "euler"),
@@ -180,7 +186,7 @@ def main(argv):
       print(f"{mode}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
   write_report(out, rows, videos, summary, info, extra)
   print("held-out accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary.items()))
-  print("pace: " + ", ".join(f"{k} {v:.2f}" for k, v in info["pace"].items()))
+  print("pace: " + ", ".join(f"{k} {_two_places(v)}" for k, v in info["pace"].items()))
   print(f"report: {os.path.join(out, 'report.md')}")
 
 

@@ -25,18 +25,21 @@ def test_local_launcher_gives_each_process_its_index_and_devices():
     assert "'runs/x y'" in line  # arguments stay quoted
 
 
-def test_tpu_pod_launcher_copies_installs_and_runs_on_every_worker():
+def test_tpu_pod_launcher_ships_committed_code_installs_and_runs_on_every_worker():
   lines = _dry_run("tpu_pod.py", "--tpu", "pod", "--zone", "us-east5-a", "--project", "p")
-  assert len(lines) == 3 and all("--worker=all" in line for line in lines)
-  assert lines[0].startswith("gcloud compute tpus tpu-vm scp --recurse")
-  assert "make install" in lines[1]
-  assert "--distributed" in lines[2] and "sorajax.train" in lines[2]
+  assert len(lines) == 6
+  assert "archive --format=tar.gz" in lines[1] and lines[1].endswith("HEAD")
+  assert all("--worker=all" in line for line in lines[2:])
+  assert lines[2].startswith("gcloud compute tpus tpu-vm scp ")
+  assert "rm -rf sorajax && mkdir -p sorajax && tar -xzf" in lines[3]
+  assert "make install EXTRAS=tpu" in lines[4]
+  assert "--distributed" in lines[5] and "sorajax.train" in lines[5]
 
 
-def test_slurm_launcher_writes_one_task_per_node():
+def test_slurm_launcher_writes_one_task_per_gpu():
   text = "\n".join(_dry_run("slurm.py", "--nodes", "4", "--gpus_per_node", "8", "--partition",
                             "gpu"))
-  for needle in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+  for needle in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --partition=gpu", "srun python -m sorajax.train", "--distributed",
                  "sbatch slurm_sorajax.sh"):
     assert needle in text, needle

@@ -64,7 +64,7 @@ def encode_source(encode_batch: Callable[[np.ndarray], np.ndarray], source, indi
     captions += [example["caption"] for example in chunk]
   if not latents:
     raise ValueError(f"process share {indices} of the latent cache is empty; "
-                     "set data.latent_cache to at least the number of processes")
+                     "set data.latent_cache to at least the number of batch shares (processes)")
   return LatentCache(np.concatenate(latents).astype(np.float32), np.asarray(captions))
 
 

@@ -64,8 +64,9 @@ def batch_share(mesh) -> tuple[int, int]:
   if last - first != len(starts):
     raise ConfigError(f"process {jax.process_index()} holds batch rows {starts} of {rows}, not "
                       "one block; put the data and fsdp axes outermost in the device order")
-  if rows % len(starts):
-    raise ConfigError(f"{len(starts)} batch rows per process do not divide {rows}")
+  if rows % len(starts) or first % len(starts):
+    raise ConfigError(f"process {jax.process_index()} holds batch rows {starts} of {rows}, not an "
+                      "aligned share; put the data and fsdp axes outermost in the device order")
   return first // len(starts), rows // len(starts)
 
 

@@ -21,8 +21,10 @@ _ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _CONDITION = re.compile(r"condition=%?([\w.\-]+)")
 _CONSTANT = re.compile(r"^\s*%?([\w.\-]+) = s32\[\]\S* constant\((\d+)\)")
-_LESS_THAN = re.compile(r"compare\(%?[\w.\-]+, %?([\w.\-]+)\), direction=LT")
-_CALLEES = re.compile(r"(?:body|to_apply|calls|branch_computations)=\{?%?([\w.\-]+(?:, %?[\w.\-]+)*)")
+# Operands print as `%name`, or `type %name` in some HLO dumps.
+_LESS_THAN = re.compile(r"compare\((?:\S+ )?%?[\w.\-]+, (?:\S+ )?%?([\w.\-]+)\), direction=LT")
+_CALLEES = re.compile(
+    r"(?:body|to_apply|calls|branch_computations)=\{?%?([\w.\-]+(?:, %?[\w.\-]+)*)")
 _IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]")
 _LIST_GROUPS = re.compile(r"replica_groups=\{\{([\d,]*)\}")
 _MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}")
@@ -79,7 +81,7 @@ def _parse(hlo_text: str):
     if kind in KINDS and not opcode.endswith("-start"):
       size = _array_bytes(result_type)
       if opcode.endswith("-done") and result_type.startswith("("):
-        size = _array_bytes(result_type.split("),")[-1])  # async tuples end with the result
+        size = _array_bytes(result_type.split("),")[-1])  # a tuple-typed done: its last element
       if kind == "reduce-scatter":
         size *= _group_size(rest)
       channel = re.search(r"channel_id=(\d+)", rest)

@@ -62,7 +62,7 @@ def _check_heads(num_heads: int, tensor: int) -> None:
 
 
 def check_split(num_tokens: int, num_heads: int, strategy: str, context: int, tensor: int) -> None:
-  """Errors (ValueError, one line, naming a valid alternative) for shapes a strategy cannot split."""
+  """One-line ValueErrors, each naming a valid alternative, for shapes a strategy cannot split."""
   if strategy not in STRATEGIES:
     raise ValueError(f"context_parallel={strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
   if num_tokens % context:
@@ -88,11 +88,15 @@ def attend(q, k, v, mask=None, *, strategy: str, implementation: str = "xla"):
     return attention.attend(q, k, v, mask, implementation=implementation)
   if mask is not None and (mask.ndim != 4 or mask.shape[1:3] != (1, 1)):
     raise ValueError(f"context-parallel attention takes a key-padding mask (B, 1, 1, L), not "
-                     f"{mask.shape}")
+                     f"{mask.shape}; pass one, or leave the context axis out of the mesh")
   mesh = jax.sharding.get_abstract_mesh()
   batch_axes = mesh_lib.mesh_axes("activation_batch")
   heads_axes = mesh_lib.mesh_axes("activation_heads")
-  (length_axis,) = mesh_lib.mesh_axes("activation_length") or (None,)
+  length_axes = mesh_lib.mesh_axes("activation_length")
+  if len(length_axes) != 1:
+    raise ValueError(f"context-parallel attention splits tokens over one mesh axis; the rules map "
+                     f"activation_length to {length_axes}: map it to one (e.g. 'context')")
+  (length_axis,) = length_axes
   tensor = math.prod(mesh.shape[a] for a in heads_axes)
   check_split(q.shape[1], q.shape[2], strategy, context, tensor)
   if q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes):
@@ -147,7 +151,8 @@ def _ring_forward(q, k, v, real, axis, size):
     state = attention.merge_key_blocks(q, state, _shard_blocks(*shard))
     return (state, _rotate(shard, axis, size)), None
 
-  # `size` steps: the last rotation brings every shard home, where the backward pass starts.
+  # `size` steps for a uniform loop; the last rotation only brings each shard home (the backward
+  # pass starts from the residuals, not from these).
   (state, _), _ = jax.lax.scan(step, (attention.softmax_start(q), (k, v, real)), None, length=size)
   out = attention.softmax_finish(q, state)
   m, l, _ = state

@@ -5,10 +5,12 @@ others, after which `jax.devices()` lists every device of the job, meshes span a
 each process feeds its own share of every batch (data/pipeline.py) and writes its own shards of
 every checkpoint (Orbax).
 
-  --coordinator_address=HOST:PORT --num_processes=N --process_id=I   an explicit job (launch/local.py)
-  --distributed                                                      ask jax's cluster detection
-                                                                     (TPU pods, SLURM, Open MPI, k8s)
-  neither                                                            one process
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+      an explicit job (launch/local.py)
+  --distributed
+      ask jax's cluster detection (TPU pods, SLURM, Open MPI, k8s)
+  neither
+      one process
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from sorajax.configuration import ConfigError
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0 in a multi-process job.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes-1.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index, 0 to num_processes-1.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Join a multi-process job that jax's cluster detection finds (TPU pod "
     "workers, SLURM tasks, Open MPI, Kubernetes).")

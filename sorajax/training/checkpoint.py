@@ -48,8 +48,8 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state, data_iterators=None):
     """The state at `step`, resharded onto `abstract_state`'s shardings (any mesh, any number of
-    processes), with the data iterators' positions when the job has as many processes as the one
-    that saved them; otherwise the data streams start afresh (with a warning)."""
+    processes), with the data iterators' positions when they fit this job (same process count
+    and batch shares); otherwise the data streams start afresh, with a warning."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     saved_processes = self._data_process_count(step)
     if data_iterators and saved_processes not in (None, jax.process_count()):
@@ -66,6 +66,16 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
       except (ValueError, KeyError) as e:
         mismatch = str(e).splitlines()[0][:300]
+      if data_iterators:  # the state matched; grain refuses positions saved for other shares
+        try:
+          state = self._manager.restore(
+              step, args=ocp.args.Composite(state=items["state"]))["state"]
+        except (ValueError, KeyError):
+          pass
+        else:
+          logging.warning("checkpoint %d: the data streams' positions do not fit this job (%s); "
+                          "they start afresh", step, mismatch)
+          return state
     raise ConfigError(f"checkpoint at step {step} does not match this config: {mismatch}; train it "
                       "with the config it was saved with (config.json in its workdir) or use a new "
                       "workdir")

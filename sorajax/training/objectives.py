@@ -364,7 +364,7 @@ class DiTObjective:
                        vae_workdir=os.path.abspath(self.config.vae_workdir))
     try:
       return latent_cache.load_or_build(workdir, source, d.latent_cache,
-                                        lambda v: encode(self.frozen["vae"], v), fingerprint,
+                                        lambda v: encode(self._local_vae(), v), fingerprint,
                                         name=bucket.name if named else "",
                                         share=pipeline.batch_share(self.mesh))
     except ValueError as e:
@@ -373,8 +373,18 @@ class DiTObjective:
   def _raw_encoder(self):
     """Jitted (vae params, uint8 videos) -> the VAE posterior means, before normalisation."""
     return jax.jit(lambda p, v: self.vae.apply({"params": p}, pixels_to_unit(v),
-                                               method=self.vae.encode)[0],
-                   out_shardings=mesh_lib.replicated(self.mesh))
+                                               method=self.vae.encode)[0])
+
+  def _local_vae(self):
+    """The VAE weights whole on this process's first device. Each process encodes its own clips
+    (its latent-cache share); a program over the global mesh would take every process's clips
+    for one shared input."""
+    if not hasattr(self, "_local_vae_params"):
+      whole = jax.device_put(self.frozen["vae"], mesh_lib.replicated(self.mesh))  # all processes
+      device = jax.local_devices()[0]
+      self._local_vae_params = jax.tree.map(
+          lambda a: jax.device_put(a.addressable_data(0), device), whole)
+    return self._local_vae_params
 
   def _vae_latent_stats(self) -> tuple[np.ndarray, np.ndarray]:
     """The statistics stored with the VAE checkpoint; VAE runs saved before they were stored (or a
@@ -396,7 +406,7 @@ class DiTObjective:
     latents = []
     for b in range(self.config.flow.latent_stats_batches):
       videos = np.stack([source[b * batch + i]["video"] for i in range(batch)])
-      latents.append(np.asarray(encode(self.frozen["vae"], videos)))
+      latents.append(np.asarray(encode(self._local_vae(), videos)))
     latents = np.concatenate(latents).reshape(-1, self.latent_channels)
     return latents.mean(axis=0), latents.std(axis=0) + 1e-6
 
