@@ -25,6 +25,7 @@ import numpy as np
 
 from sorajax import aot, configuration
 from sorajax.models import attention
+from sorajax.models import dit as dit_lib
 from sorajax.parallel import collectives, context
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
@@ -153,7 +154,6 @@ def collectives_part(variant: str, context_variant: str, frames: int, size: int)
     report = step_report(config)
     moved = report["collective_bytes_per_device"]
     kind = "all-to-all" if strategy == "ulysses" else "collective-permute"
-    from sorajax.models import dit as dit_lib  # pylint: disable=import-outside-toplevel
     shape = dit_lib.VARIANTS[variant]
     expected = expected_context_bytes(strategy, tokens, shape["hidden"], shape["depth"], 8)
     print(f"collectives (context=8 {strategy}, {variant}, {tokens} tokens): {kind} "

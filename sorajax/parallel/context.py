@@ -25,7 +25,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 
 from sorajax.models import attention
 from sorajax.parallel import mesh as mesh_lib
@@ -44,14 +43,18 @@ def context_size() -> int:
 def check_mesh_split(mesh, rules, num_tokens: int, num_heads: int, strategy: str) -> None:
   """`check_split` for a mesh and logical rules ahead of tracing (only the strategy's name is
   checked without a context axis)."""
-  if strategy not in STRATEGIES:
-    raise ValueError(f"context_parallel={strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
+  _check_strategy(strategy)
   with nn.logical_axis_rules(rules):
     context = math.prod(mesh.shape[a] for a in mesh_lib.mesh_axes("activation_length"))
     tensor = math.prod(mesh.shape[a] for a in mesh_lib.mesh_axes("activation_heads"))
   _check_heads(num_heads, tensor)
   if context > 1:
     check_split(num_tokens, num_heads, strategy, context, tensor)
+
+
+def _check_strategy(strategy: str) -> None:
+  if strategy not in STRATEGIES:
+    raise ValueError(f"context_parallel={strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
 
 
 def _check_heads(num_heads: int, tensor: int) -> None:
@@ -63,8 +66,7 @@ def _check_heads(num_heads: int, tensor: int) -> None:
 
 def check_split(num_tokens: int, num_heads: int, strategy: str, context: int, tensor: int) -> None:
   """One-line ValueErrors, each naming a valid alternative, for shapes a strategy cannot split."""
-  if strategy not in STRATEGIES:
-    raise ValueError(f"context_parallel={strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
+  _check_strategy(strategy)
   if num_tokens % context:
     fits = [c for c in range(context, 0, -1) if num_tokens % c == 0][0]
     raise ValueError(f"a sequence of {num_tokens} tokens does not split over context={context}; "
@@ -90,27 +92,16 @@ def attend(q, k, v, mask=None, *, strategy: str, implementation: str = "xla"):
     raise ValueError(f"context-parallel attention takes a key-padding mask (B, 1, 1, L), not "
                      f"{mask.shape}; pass one, or leave the context axis out of the mesh")
   mesh = jax.sharding.get_abstract_mesh()
-  batch_axes = mesh_lib.mesh_axes("activation_batch")
-  heads_axes = mesh_lib.mesh_axes("activation_heads")
   length_axes = mesh_lib.mesh_axes("activation_length")
   if len(length_axes) != 1:
     raise ValueError(f"context-parallel attention splits tokens over one mesh axis; the rules map "
                      f"activation_length to {length_axes}: map it to one (e.g. 'context')")
   (length_axis,) = length_axes
-  tensor = math.prod(mesh.shape[a] for a in heads_axes)
+  tensor = math.prod(mesh.shape[a] for a in mesh_lib.mesh_axes("activation_heads"))
   check_split(q.shape[1], q.shape[2], strategy, context, tensor)
-  if q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes):
-    batch_axes = ()  # e.g. one sample on a data-parallel mesh: every batch shard computes it
-  tokens = PartitionSpec(batch_axes or None, length_axis, heads_axes or None, None)
-  keys = PartitionSpec(batch_axes or None, None, None, length_axis)
   local = functools.partial(_ulysses if strategy == "ulysses" else _ring, axis=length_axis,
                             size=context, implementation=implementation)
-  if mask is None:
-    return jax.shard_map(lambda q, k, v: local(q, k, v, None), mesh=mesh,
-                         in_specs=(tokens,) * 3, out_specs=tokens, check_vma=False)(q, k, v)
-  mask = jnp.broadcast_to(jnp.asarray(mask, bool), (q.shape[0], 1, 1, k.shape[1]))
-  return jax.shard_map(local, mesh=mesh, in_specs=(tokens,) * 3 + (keys,), out_specs=tokens,
-                       check_vma=False)(q, k, v, mask)
+  return mesh_lib.per_device(local, mesh, q, k, v, mask, tokens_axis=length_axis)
 
 
 def _ulysses(q, k, v, mask, *, axis: str, size: int, implementation: str):

@@ -118,22 +118,24 @@ def mesh_axes(logical_name: str) -> tuple[str, ...]:
   return (spec,) if isinstance(spec, str) else tuple(spec)
 
 
-def per_device(fn, mesh, q, k, v, mask):
-  """Runs attention `fn(q, k, v, mask)` on each device's examples and heads (shard_map), for
-  kernels XLA cannot partition itself (Pallas); q, k, v are (B, L, heads, d), mask None or
-  (B, 1, 1, Lk). Axes that do not divide the batch or heads are left whole."""
+def per_device(fn, mesh, q, k, v, mask, tokens_axis: str | None = None):
+  """Runs attention `fn(q, k, v, mask)` on each device's examples and heads (shard_map): for
+  kernels XLA cannot partition itself (Pallas), and, with `tokens_axis`, on each device's share
+  of the tokens too (context parallelism, where `fn` exchanges them over that axis).
+  q, k, v are (B, L, heads, d), mask None or (B, 1, 1, Lk). Axes that do not divide the batch or
+  heads are left whole."""
   batch = mesh_axes("activation_batch")
   heads = mesh_axes("activation_heads")
   if q.shape[0] % math.prod(mesh.shape[a] for a in batch):
-    batch = ()
+    batch = ()  # e.g. one sample on a data-parallel mesh: every batch shard computes it
   if q.shape[2] % math.prod(mesh.shape[a] for a in heads):
     heads = ()
-  tokens = PartitionSpec(batch or None, None, heads or None, None)
+  tokens = PartitionSpec(batch or None, tokens_axis, heads or None, None)
   if mask is None:
     return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh, in_specs=(tokens,) * 3,
                          out_specs=tokens, check_vma=False)(q, k, v)
   mask = jnp.broadcast_to(jnp.asarray(mask, bool), (q.shape[0], 1, 1, k.shape[1]))
-  keys = PartitionSpec(batch or None, None, None, None)
+  keys = PartitionSpec(batch or None, None, None, tokens_axis)
   return jax.shard_map(fn, mesh=mesh, in_specs=(tokens,) * 3 + (keys,), out_specs=tokens,
                        check_vma=False)(q, k, v, mask)
 
