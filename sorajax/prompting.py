@@ -7,8 +7,8 @@
             backward (its first frames given as the last ones), chunk after chunk, to any length
   connect   the end of clip A and the start of clip B given at the two ends of a chunk; the frames
             between them are generated
-  loop      the clip's latent frames plus a transition generated from its end back into its start,
-            decoded as one cycle
+  loop      the clip's last latent frames redrawn (or new ones added) to lead from its end back into
+            its start, decoded as one cycle
   edit      SDEdit: the clip's latents noised part of the way (`strength`) and denoised under a
             new prompt
   rollout   text (or an image) -> the first chunk, then each chunk given the last latent frames of
@@ -234,34 +234,46 @@ def connect(generator, first: np.ndarray, second: np.ndarray, captions, seeds,
 
 def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = None,
          first_context: int | None = None, second_context: int | None = None,
-         periods: int = 3, **settings) -> np.ndarray:
-  """Seamless loops of clips (N, 1+f*k, H, W, 3): (N, f*(k+m), H, W, 3), the clip's frames 1 to
-  f*k as the VAE codes them, then f*m generated frames that lead back into them.
+         periods: int | None = None, replace_end: bool = True, **settings) -> np.ndarray:
+  """Seamless loops of clips (N, 1+f*k, H, W, 3).
 
-  The loop is a cycle of latent frames: the clip's k latent frames after the first, then the m
+  The loop is a cycle of latent frames: the clip's latent frames after the first, then the m
   frames one chunk generates between the clip's end (`first_context` latent frames: the image
-  latent of a frame, then the clip's last latent frames) and its start (the clip's first
-  `second_context` latent frames after the image one). The cycle is decoded as one stream played
-  `periods` times and the last period returned, so the causal decoder has the loop's own end as
-  history at its start: played on repeat, the last frame leads into the first like any other
-  pair of frames, with no cut between rendered and decoded frames. Frame 0 of the clip, the one
-  frame its image latent codes, has no place in the cycle.
+  latent of a frame, then the clip's latent frames before it) and its start (the clip's first
+  `second_context` latent frames after the image one). With `replace_end` the m generated
+  latent frames take the place of the clip's last m, so the loop keeps the clip's length
+  (N, f*k, ...) and its motion need not change pace: a bouncing clip's return, or a still one,
+  is redrawn to close the cycle. Without it they are added after the clip's end (N, f*(k+m), ...),
+  and the object must cover the way back in those m frames.
+
+  The cycle is decoded as one stream played `periods` times (by default enough to cover the
+  decoder's causal reach) and the last period returned, so the decoder has the loop's own end as
+  history at its start: played on repeat, the last frame leads into the first like any other pair
+  of frames. Frame 0 of the clip, the one frame its image
+  latent codes, has no place in the cycle.
   """
   check_captions(captions, seeds)
   chunk = chunk or Chunk(generator)
   first_context = first_context or connect_context(chunk)
   second_context = second_context or connect_context(chunk)
   chunk.needs(first_context + second_context)
-  if periods < 2:
+  if periods is not None and periods < 2:
     raise ValueError(f"periods={periods}; decode at least 2 so the loop's start has its end "
                      f"as history")
   videos = np.asarray(videos)
   f = chunk.factor
-  _check_length(videos, 1 + f * max(second_context, first_context - 1), "loop", chunk)
+  new = chunk.latents - first_context - second_context
+  kept = max(second_context, first_context - 1) + (new if replace_end else 0)
   if (videos.shape[1] - 1) % f:
     raise ValueError(f"loop needs a clip of 1 + {f}k frames, got {videos.shape[1]}; fit it first "
                      f"(prompting.fit)")
+  if videos.shape[1] < 1 + f * kept:
+    raise ValueError(f"loop needs a clip of at least {1 + f * kept} frames, got {videos.shape[1]}; "
+                     f"pass a longer clip" + (", or replace_end=False to add the transition after "
+                                              "the clip" if replace_end else ""))
   coded = generator.encode(videos)
+  if replace_end:  # the causal encoder codes the kept frames as it did within the whole clip
+    videos, coded = videos[:, :videos.shape[1] - f * new], coded[:, :coded.shape[1] - new]
   clip = coded[:, 1:]  # the cycle's latent frames from the clip
   start = _context_latents(generator, videos, coded, first_context)
   index = np.arange(chunk.latents)
@@ -270,6 +282,8 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
                          {0: start, chunk.latents - second_context: clip[:, :second_context]},
                          **settings)
   cycle = jnp.concatenate([clip, latents[:, first_context:chunk.latents - second_context]], axis=1)
+  if periods is None:  # periods before the last that cover the frames a decoded frame reads
+    periods = 1 + max(1, -(-generator.objective.vae.decoder_history() // cycle.shape[1]))
   # The stream starts at the clip's own image latent, so its first period is the clip as coded.
   stream = jnp.concatenate([coded[:, :1]] + [cycle] * periods, axis=1)
   return generator.decode(stream)[:, -f * cycle.shape[1]:]

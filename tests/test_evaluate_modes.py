@@ -51,11 +51,13 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
     for name, value in result["metrics"].items():
       if name in ("color", "shape", "motion", "motion_continues", "ends_matched",
                   "wrap_within_typical", "color_and_shape_windows", "worst_video",
-                  "color_and_shape_windows_in_view", "worst_video_in_view", "wrap_rank"):
+                  "color_and_shape_windows_in_view", "worst_video_in_view", "wrap_rank",
+                  "wrap_within_typical_cyclic"):
         assert 0.0 <= value <= 1.0 or np.isnan(value), (mode, name, value)
     assert all(v.dtype == np.uint8 and v.ndim == 4 for v in result["videos"]), mode
   assert results["connect"]["metrics"]["gap_frames"] == 4
-  assert all(v.shape[0] == 12 for v in results["loop"]["videos"])  # 8 clip frames + 4 new
+  assert all(v.shape[0] == 8 for v in results["loop"]["videos"])  # 4 clip frames + 4 redrawn
+  assert results["connect"]["metrics"]["pace"] == 1.0  # 16x16: clips of 5 frames fit the path
   assert results["extend_back"]["metrics"]["new_frames"] == 5
   assert results["rollout"]["metrics"]["frames"] == 24
   assert results["rollout"]["metrics"]["windows"] == 2  # 24 frames: two 9-frame windows

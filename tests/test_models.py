@@ -143,6 +143,19 @@ def test_vae_decoder_is_causal(tiny_vae):
   assert np.abs(before[:, 5:] - after[:, 5:]).max() > 1e-3
 
 
+def test_vae_decoder_history_is_its_reach(tiny_vae):
+  """A latent frame changes the decoded frames of the next `decoder_history` latent frames and
+  none after them (loops decode enough periods by it)."""
+  reach = tiny_vae.model.decoder_history()
+  z = np.random.default_rng(1).standard_normal((1, reach + 4, 4, 4, 4)).astype(np.float32)
+  changed = z.copy()
+  changed[:, 1] += 1.0
+  moved = np.abs(tiny_vae.decode(z) - tiny_vae.decode(changed)).max(axis=(0, 2, 3, 4))
+  last_reached = 4 * (1 + reach)  # the last video frame of latent frame 1 + reach
+  assert moved[last_reached] > 1e-4
+  np.testing.assert_allclose(moved[last_reached + 1:], 0.0, atol=1e-6)
+
+
 def test_vae_call_samples_only_with_rng(tiny_vae):
   model, params, video = tiny_vae.model, tiny_vae.params, _video(1)
   forward = jax.jit(lambda rng: model.apply(params, video, sample_rng=rng))

@@ -92,15 +92,22 @@ def test_connect_and_loop_join_the_given_ends(generator, calls):
   np.testing.assert_allclose(call["given_latents"][:, 2:],
                              prompting._encode_later(generator, b[:, :4]), atol=1e-5)
   looped = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk, **STEPS)
-  assert looped.shape == (1, 8 + 4, 16, 16, 3)  # b's frames 1-8, then the transition
+  assert looped.shape == (1, 8, 16, 16, 3)  # b's frames 1-4, then 4 redrawn frames
   call, coded = calls[-1], generator.encode(b)
-  # The transition starts from b's last frame and leads into b's first latent frame after the
+  # The redrawn latent frame follows b's frame 4 and leads into b's first latent frame after the
   # image one, the latent frame that follows it in the cycle.
-  np.testing.assert_allclose(call["given_latents"][:, :1], generator.encode(b[:, 8:]), atol=1e-5)
+  np.testing.assert_allclose(call["given_latents"][:, :1], generator.encode(b[:, 4:5]), atol=1e-5)
   np.testing.assert_allclose(call["given_latents"][:, 2:], coded[:, 1:2], atol=1e-5)
-  # The stream is periodic: one more period played before it changes the returned loop little.
+  added = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk,
+                         replace_end=False, **STEPS)
+  assert added.shape == (1, 8 + 4, 16, 16, 3)  # b's frames 1-8, then the transition
+  np.testing.assert_allclose(calls[-1]["given_latents"][:, :1], generator.encode(b[:, 8:]),
+                             atol=1e-5)
+  # The stream is periodic and long enough for the decoder's reach: one more period played
+  # before it leaves the returned loop as it was.
+  periods = 1 + -(-generator.objective.vae.decoder_history() // 2)
   longer = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk,
-                          periods=4, **STEPS)
+                          periods=periods + 1, **STEPS)
   np.testing.assert_allclose(longer.astype(float), looped, atol=2)
 
 
@@ -223,8 +230,11 @@ def test_bad_prompting_input_is_named(generator):
     prompting.connect(generator, clips(1, 5), clips(1, 2), ["a red circle"], [0], chunk=chunk)
   with pytest.raises(ValueError, match=r"loop needs a clip of 1 \+ 4k frames, got 7; fit it"):
     prompting.loop(generator, clips(1, 7), ["a red circle"], [0], chunk=chunk)
+  with pytest.raises(ValueError, match="loop needs a clip of at least 9 frames, got 5; pass a "
+                                      "longer clip, or replace_end=False"):
+    prompting.loop(generator, clips(1, 5), ["a red circle"], [0], chunk=chunk)
   with pytest.raises(ValueError, match="loop needs a clip of at least 5 frames, got 1"):
-    prompting.loop(generator, clips(1, 1), ["a red circle"], [0], chunk=chunk)
+    prompting.loop(generator, clips(1, 1), ["a red circle"], [0], chunk=chunk, replace_end=False)
   with pytest.raises(ValueError, match="leave no room in a chunk of 3; use 1 to 2"):
     prompting.extend(generator, clips(1, 9), ["a red circle"], [0], 4, context=3, chunk=chunk)
   with pytest.raises(configuration.ConfigError, match="guidance=60.0 is out of range"):

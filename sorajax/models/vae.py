@@ -16,6 +16,7 @@ stage there (`refine_features`) restores the edges an L2 loss blurs.
 """
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -289,6 +290,18 @@ class CausalVideoVAE(nn.Module):
     if z.shape[1] < 1:
       raise ValueError(f"latent frames={z.shape[1]} is not 1 + k; nearest valid: 1")
     return self.decoder(z, first_chunk).astype(jnp.float32)
+
+  def decoder_history(self) -> int:
+    """Latent frames before its own that a decoded frame can depend on (its causal receptive
+    field): each residual block's two temporal convs (kernel 3) reach 4 frames back at its
+    level's frame rate; folds, norms and attention are per frame."""
+    _, plan = fold_plan(len(self.channels), self.temporal_factor, self.spatial_factor)
+    frames_per_latent, reach = plan[-1][0], 0.0
+    for i in reversed(range(len(self.channels))):
+      reach += 4 * self.num_res_blocks / frames_per_latent
+      if i > 0:
+        frames_per_latent *= plan[i - 1][0]
+    return math.ceil(reach)
 
   def __call__(self, video: jax.Array, sample_rng: jax.Array | None = None) -> dict[str, jax.Array]:
     """Encode, sample z (the mean when `sample_rng` is None) and decode."""
