@@ -13,6 +13,8 @@ setuptools.setup(
         "optax",
         "orbax-checkpoint",
         "grain",
+        "array_record",  # prepared datasets' shards (sorajax.prepare)
+        "msgpack",       # their records
         "ml_collections",
         "chex",
         "absl-py",

@@ -17,10 +17,10 @@ import numpy as np
 
 from sorajax.configuration import ConfigError
 from sorajax.data import buckets as buckets_lib
-from sorajax.data import shapes
+from sorajax.data import shapes, video_source
 from sorajax.parallel import mesh as mesh_lib
 
-SOURCES = ("shapes",)
+SOURCES = ("shapes", "records")
 
 
 def make_source(data: ml_collections.ConfigDict, split: str, seed: int,
@@ -32,6 +32,11 @@ def make_source(data: ml_collections.ConfigDict, split: str, seed: int,
     return shapes.ShapesWorld(
         frames=frames, height=height, width=width, split=split,
         min_objects=data.min_objects, max_objects=data.max_objects, seed=seed)
+  if data.source == "records":  # a folder written by python -m sorajax.prepare
+    try:
+      return video_source.from_config(data, (frames, height, width), seed, split)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
   raise ConfigError(f"data.source={data.source!r} is unknown; valid: {', '.join(SOURCES)}")
 
 

@@ -179,7 +179,7 @@ class VAEObjective:
 
   def _clips(self, split: str, count: int) -> np.ndarray:
     source = pipeline.make_source(self.config.data, split, self.config.seed)
-    return np.stack([source[i]["video"] for i in range(count)])
+    return np.stack([source[i]["video"] for i in range(min(count, len(source)))])
 
   def _in_batches(self, vae_params, clips: np.ndarray):
     """Runs the jitted reconstruction over `clips` in train-batch-sized pieces; numpy outputs."""
@@ -405,7 +405,8 @@ class DiTObjective:
     batch = 16
     latents = []
     for b in range(self.config.flow.latent_stats_batches):
-      videos = np.stack([source[b * batch + i]["video"] for i in range(batch)])
+      # A prepared dataset may hold fewer clips than the batches ask for: it comes round again.
+      videos = np.stack([source[(b * batch + i) % len(source)]["video"] for i in range(batch)])
       latents.append(np.asarray(encode(self._local_vae(), videos)))
     latents = np.concatenate(latents).reshape(-1, self.latent_channels)
     return latents.mean(axis=0), latents.std(axis=0) + 1e-6
