@@ -223,12 +223,8 @@ def write_shard(out: str, index: int, block: list[Input], input_dir: str,
   from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
   base = os.path.join(out, records.shard_name(index))
   fingerprint = _fingerprint(block, settings)
-  if os.path.isfile(base + ".json"):
-    with open(base + ".json") as f:
-      done = json.load(f)
-    if done.get("fingerprint") != fingerprint:
-      raise ValueError(f"{base}.json was prepared from other inputs or settings; prepare into a "
-                       "new --out folder")
+  done = records.finished_shard(base, fingerprint)
+  if done is not None:
     return done
   metas, skipped = [], []
   temporary = f"{base}.array_record.tmp-{os.getpid()}"

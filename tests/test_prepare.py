@@ -2,6 +2,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -95,7 +96,7 @@ def test_shards_split_over_processes_and_an_interrupted_job_resumes(folder, tmp_
   merged, single = records.Dataset(str(out)), records.Dataset(str(tmp_path / "whole"))
   assert [merged[i]["path"] for i in range(5)] == [single[i]["path"] for i in range(5)]
   # Other inputs in the same folder are refused rather than mixed in.
-  with pytest.raises(ValueError, match="prepared from other inputs or settings"):
+  with pytest.raises(ValueError, match="written from other inputs, settings or VAE"):
     _prepare(folder, out, clips_per_shard=3)
 
 
@@ -182,3 +183,42 @@ def test_training_reads_a_prepared_dataset(folder, tmp_path):
   config.vae.eval_clips = 2
   train.train_and_evaluate(config, str(tmp_path / "run"))
   assert os.path.isdir(tmp_path / "run" / "checkpoints")
+
+
+def test_precomputed_latents_equal_the_vae_and_train_the_dit(folder, tmp_path, vae_workdir,
+                                                             monkeypatch):
+  from sorajax import precompute, train  # pylint: disable=import-outside-toplevel
+  from sorajax.data import latent_records, pipeline  # pylint: disable=import-outside-toplevel
+  from sorajax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from sorajax.training import objectives  # pylint: disable=import-outside-toplevel
+  from tiny import DIT_CONFIG, tiny_config  # pylint: disable=import-outside-toplevel
+  _prepare(folder, tmp_path / "data")
+  config = tiny_config(DIT_CONFIG, steps=2)
+  config.vae_workdir = vae_workdir
+  config.data.source = "records"
+  config.data.records = str(tmp_path / "data")
+  out = str(tmp_path / "latents")
+  assert precompute.precompute(config, out, clips_per_shard=2, process_index=1,
+                               process_count=2) is None
+  info = precompute.precompute(config, out, clips_per_shard=2, process_index=0, process_count=2)
+  assert info["buckets"] == {"5x16x16": {"clips": 4, "shards": 2, "latent_shape": [2, 2, 2, 16]}}
+  stored = latent_records.LatentRecords(out, "5x16x16")
+  clips = pipeline.make_source(config.data, "train", config.seed, (5, 16, 16))
+  objective = objectives.DiTObjective(config, mesh_lib.make_mesh(
+      {"data": 1, "fsdp": 1, "tensor": 1, "context": 1}, devices=jax.local_devices()[:1]))
+  direct = objective.vae_latents(np.stack([clips[i]["video"] for i in range(4)]))
+  np.testing.assert_allclose(np.stack([stored[i]["latents"] for i in range(4)]), direct,
+                             atol=1e-5)
+  assert [stored[i]["caption"] for i in range(4)] == [clips[i]["caption"] for i in range(4)]
+  # The DiT trains from the latents alone: reading a pixel clip would fail.
+  config.data.latent_records = out
+  monkeypatch.setattr(video_source.ClipSource, "__getitem__", None)
+  train.train_and_evaluate(config, str(tmp_path / "dit"))
+  assert os.path.isdir(tmp_path / "dit" / "checkpoints")
+  # Latents of another VAE checkpoint are refused.
+  info_path = os.path.join(out, records.DATASET_FILE)
+  with open(info_path) as f:
+    stored_info = json.load(f)
+  records.write_json_atomic(info_path, dict(stored_info, vae_step=stored_info["vae_step"] + 1))
+  with pytest.raises(Exception, match="was encoded with the VAE at .* precompute again"):
+    objective.prepare(str(tmp_path / "dit"))

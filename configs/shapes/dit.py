@@ -29,7 +29,13 @@ def get_config(arg=None):
   config.logical_rules = [list(rule) for rule in mesh.DEFAULT_LOGICAL_RULES]
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "shapes"
+  config.data.source = "shapes"  # or "records"
+  # "records": a folder written by `python -m sorajax.prepare` (data/records.py), sampled every
+  # frame_stride-th frame (or at fps > 0) and cropped to each bucket (data/video_source.py).
+  config.data.records = ""
+  config.data.eval_records = ""  # held-out clips; "" uses data.records
+  config.data.frame_stride = 1
+  config.data.fps = 0.0
   config.data.frames = arg.frames
   config.data.height = arg.size
   config.data.width = arg.size
@@ -47,6 +53,9 @@ def get_config(arg=None):
   # > 0: encode this many training clips once with the frozen VAE and train on those latents
   # (data/latent_cache.py), a quarter less time per DiT step on the demo; 0: encode every batch.
   config.data.latent_cache = 4096
+  # A latent dataset written by `python -m sorajax.precompute` with this config: the DiT reads
+  # latents from it and never decodes or encodes video (takes precedence over latent_cache).
+  config.data.latent_records = ""
 
   config.dit = ml_collections.ConfigDict()
   config.dit.variant = arg.variant

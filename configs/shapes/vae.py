@@ -24,7 +24,13 @@ def get_config(arg=None):
   config.logical_rules = [list(rule) for rule in mesh.DEFAULT_LOGICAL_RULES]
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "shapes"
+  config.data.source = "shapes"  # or "records"
+  # "records": a folder written by `python -m sorajax.prepare` (data/records.py), sampled every
+  # frame_stride-th frame (or at fps > 0) and cropped to each bucket (data/video_source.py).
+  config.data.records = ""
+  config.data.eval_records = ""  # held-out clips; "" uses data.records
+  config.data.frame_stride = 1
+  config.data.fps = 0.0
   config.data.frames = arg.frames
   config.data.height = arg.size
   config.data.width = arg.size

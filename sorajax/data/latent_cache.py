@@ -32,6 +32,8 @@ def process_share(num_examples: int, process_index: int, process_count: int) -> 
 class LatentCache:
   """Random-access source of {"latents": (T, h, w, c) float32, "caption": str} (grain-compatible)."""
 
+  process_local = True  # holds this process's share only: the loader must not shard it again
+
   def __init__(self, latents: np.ndarray, captions: np.ndarray):
     if len(latents) != len(captions):
       raise ValueError(f"{len(latents)} latents but {len(captions)} captions")

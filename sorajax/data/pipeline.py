@@ -160,8 +160,9 @@ def train_buckets(config: ml_collections.ConfigDict) -> list[buckets_lib.Bucket]
 def train_batches(config: ml_collections.ConfigDict, mesh, tokenizer=None,
                   local_sources: list | None = None) -> BucketedBatches:
   """The training stream the trainer consumes, one grain stream per bucket: from `local_sources`
-  (per bucket, this process's examples, e.g. latent caches) if given, else from the configured
-  source at each bucket's size, sharded over processes."""
+  (per bucket; a latent cache holding this process's examples, or latent records that the loader
+  shards over processes) if given, else from the configured source at each bucket's size,
+  sharded over processes."""
   buckets = train_buckets(config)
   streams = []
   for i, bucket in enumerate(buckets):
@@ -172,6 +173,7 @@ def train_batches(config: ml_collections.ConfigDict, mesh, tokenizer=None,
     loader = make_loader(source, batch_size=per_process_batch_size(bucket.batch_size, mesh, what),
                          seed=config.seed + i, tokenizer=tokenizer,
                          worker_count=config.data.worker_count,
-                         share=None if local is not None else batch_share(mesh))
+                         share=(None if getattr(local, "process_local", False)
+                                else batch_share(mesh)))
     streams.append(GlobalBatches(loader, mesh, bucket.batch_size))
   return BucketedBatches(streams, buckets, config.seed)

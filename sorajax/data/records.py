@@ -44,6 +44,19 @@ def write_json_atomic(path: str, value: Any) -> None:
   os.replace(temporary, path)
 
 
+def finished_shard(base: str, fingerprint: str) -> dict | None:
+  """The sidecar of a shard an earlier run wrote from the same inputs (None if there is none); a
+  shard written from others is refused rather than mixed in."""
+  if not os.path.isfile(base + ".json"):
+    return None
+  with open(base + ".json") as f:
+    done = json.load(f)
+  if done.get("fingerprint") != fingerprint:
+    raise ValueError(f"{base}.json was written from other inputs, settings or VAE; write into a "
+                     "new --out folder")
+  return done
+
+
 def encode_record(caption: str, store: str, data: bytes, meta: dict, path: str = "") -> bytes:
   if store not in STORES:
     raise ValueError(f"store={store!r}; valid: {', '.join(STORES)}")

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from sorajax.configuration import ConfigError, load_saved_config, write_json_atomic
-from sorajax.data import latent_cache, pipeline, shapes, video_io
+from sorajax.data import latent_cache, latent_records, pipeline, shapes, video_io
 from sorajax.models import discriminator as disc_lib
 from sorajax.models import dit as dit_lib
 from sorajax.models import factors
@@ -347,12 +347,28 @@ class DiTObjective:
       mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
     self.frozen["latent_mean"] = jnp.asarray(mean, jnp.float32)
     self.frozen["latent_std"] = jnp.asarray(std, jnp.float32)
-    if self.config.data.get("latent_cache", 0) > 0:
-      encode = self._raw_encoder()
-      self.train_sources = [self._latent_cache(workdir, b, encode, len(self.buckets) > 1)
+    if self.config.data.get("latent_records", ""):
+      self.train_sources = [self._latent_records(b) for b in self.buckets]
+    elif self.config.data.get("latent_cache", 0) > 0:
+      self.train_sources = [self._latent_cache(workdir, b, len(self.buckets) > 1)
                             for b in self.buckets]
 
-  def _latent_cache(self, workdir: str, bucket, encode, named: bool) -> latent_cache.LatentCache:
+  def _latent_records(self, bucket) -> latent_records.LatentRecords:
+    """One bucket of a latent dataset written by sorajax.precompute, checked against this run's
+    VAE: latents of another VAE would train the DiT on codes its decoder does not read."""
+    directory = self.config.data.latent_records
+    try:
+      source = latent_records.LatentRecords(directory, bucket.name)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+    vae = (os.path.realpath(self.config.vae_workdir), self.vae_step)
+    if (source.info["vae_workdir"], source.info["vae_step"]) != vae:
+      raise ConfigError(f"{directory} was encoded with the VAE at {source.info['vae_workdir']} "
+                        f"step {source.info['vae_step']}, this run uses {vae[0]} step {vae[1]}; "
+                        "precompute again with this run's config")
+    return source
+
+  def _latent_cache(self, workdir: str, bucket, named: bool) -> latent_cache.LatentCache:
     """This process's pre-encoded training clips of one bucket (data/latent_cache.py), built on
     first use."""
     d = self.config.data
@@ -364,11 +380,18 @@ class DiTObjective:
                        vae_workdir=os.path.abspath(self.config.vae_workdir))
     try:
       return latent_cache.load_or_build(workdir, source, d.latent_cache,
-                                        lambda v: encode(self._local_vae(), v), fingerprint,
+                                        self.vae_latents, fingerprint,
                                         name=bucket.name if named else "",
                                         share=pipeline.batch_share(self.mesh))
     except ValueError as e:
       raise ConfigError(str(e)) from e
+
+  def vae_latents(self, videos: np.ndarray) -> jax.Array:
+    """uint8 clips (N, T, H, W, 3) -> the VAE posterior means, before normalisation, encoded on
+    this process's first device (the latent cache and sorajax.precompute store these)."""
+    if not hasattr(self, "_encoder"):
+      self._encoder = self._raw_encoder()
+    return self._encoder(self._local_vae(), videos)
 
   def _raw_encoder(self):
     """Jitted (vae params, uint8 videos) -> the VAE posterior means, before normalisation."""
@@ -401,13 +424,12 @@ class DiTObjective:
     d, seed = self.config.data, self.config.seed
     # A fixed slice of the training world, identical on every process.
     source = pipeline.make_source(d, "train", seed)
-    encode = self._raw_encoder()
     batch = 16
     latents = []
     for b in range(self.config.flow.latent_stats_batches):
       # A prepared dataset may hold fewer clips than the batches ask for: it comes round again.
       videos = np.stack([source[(b * batch + i) % len(source)]["video"] for i in range(batch)])
-      latents.append(np.asarray(encode(self._local_vae(), videos)))
+      latents.append(np.asarray(self.vae_latents(videos)))
     latents = np.concatenate(latents).reshape(-1, self.latent_channels)
     return latents.mean(axis=0), latents.std(axis=0) + 1e-6
 
