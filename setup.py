@@ -1,6 +1,10 @@
 """sorajax: Sora-style text-to-video training and sampling in JAX."""
 import setuptools
 
+TFDS = ["tensorflow-datasets",
+        "tensorflow-cpu; sys_platform == 'linux' and platform_machine == 'x86_64'",
+        "tensorflow; sys_platform != 'linux' or platform_machine != 'x86_64'"]
+
 setuptools.setup(
     name="sorajax",
     version="0.1.0",
@@ -25,9 +29,10 @@ setuptools.setup(
         "tensorboardX",
     ],
     extras_require={
-        # TFDS drags in TensorFlow; only the TFDS source needs it.
-        "tfds": ["tensorflow-datasets", "tensorflow-cpu"],
-        "dev": ["pytest", "pytest-xdist"],
+        # The TFDS source (data/tfds_source.py): TFDS's Video feature cannot be built without
+        # TensorFlow. The tests install it too, so the TFDS source is tested in CI.
+        "tfds": TFDS,
+        "dev": ["pytest", "pytest-xdist"] + TFDS,
         # libtpu, matched to jax by jax's own extra: training on TPU VMs, and ahead-of-time
         # compiles for TPU topologies from any machine (make aot-venv).
         "tpu": ["jax[tpu]"],

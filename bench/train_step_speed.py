@@ -33,8 +33,8 @@ def time_steps(config, steps: int, workdir: str):
   start = time.perf_counter()
   objective.prepare(workdir)
   if objective.train_sources is not None:
-    print(f"latent cache of {sum(len(s) for s in objective.train_sources)} clips built in "
-          f"{time.perf_counter() - start:.1f} s (with the latent statistics)")
+    print(f"pre-encoded training latents of {sum(len(s) for s in objective.train_sources)} "
+          f"clips ready in {time.perf_counter() - start:.1f} s (with the latent statistics)")
   optimizer = state_lib.make_optimizer(config.train)
   state, shardings = state_lib.init_sharded_state(
       objective.init_params, optimizer, config.train.ema_decay, jax.random.key(0), mesh, rules)

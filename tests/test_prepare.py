@@ -222,3 +222,32 @@ def test_precomputed_latents_equal_the_vae_and_train_the_dit(folder, tmp_path, v
   records.write_json_atomic(info_path, dict(stored_info, vae_step=stored_info["vae_step"] + 1))
   with pytest.raises(Exception, match="was encoded with the VAE at .* precompute again"):
     objective.prepare(str(tmp_path / "dit"))
+
+
+def test_a_resumed_stream_of_prepared_clips_sees_the_same_batches(folder, tmp_path):
+  """Two buckets read by one grain worker process each: the batches after a checkpoint's restore
+  equal those of the uninterrupted stream."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from sorajax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from sorajax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from sorajax.training import checkpoint  # pylint: disable=import-outside-toplevel
+  from tiny import DIT_CONFIG, tiny_config  # pylint: disable=import-outside-toplevel
+  flags.FLAGS.mark_as_parsed()  # grain workers read absl flags; the CLI parses them
+  _prepare(folder, tmp_path / "data")
+  config = tiny_config(DIT_CONFIG, **{"data.buckets": "5x16x16:8, 1x16x16:8"})
+  config.data.source, config.data.records = "records", str(tmp_path / "data")
+  config.data.worker_count = 1
+  mesh = mesh_lib.make_mesh({"data": 8})
+  fingerprint = lambda batch: (batch["video"].shape, int(np.asarray(batch["video"]).sum()))
+  batches = pipeline.train_batches(config, mesh)
+  [next(batches) for _ in range(3)]
+  saver = checkpoint.Checkpointer(str(tmp_path / "run"), every=1, keep=1)
+  saver.save(3, {"step": np.int32(3)}, batches.iterators)
+  saver.close()
+  expected = [fingerprint(next(batches)) for _ in range(4)]
+  resumed = pipeline.train_batches(config, mesh)
+  loader = checkpoint.Checkpointer(str(tmp_path / "run"), every=1, keep=1)
+  loader.restore(3, {"step": jax.ShapeDtypeStruct((), np.int32)}, resumed.iterators)
+  loader.close()
+  resumed.resume_at(3)
+  assert [fingerprint(next(resumed)) for _ in range(4)] == expected

@@ -101,3 +101,15 @@ def test_missing_keys_and_unprepared_data_are_one_line_errors(data_dir, tmp_path
   with pytest.raises(ValueError, match="prepare it first: tfds build tiny_clips") as error:
     TfdsDataset("tiny_clips", "train", data_dir=str(tmp_path / "empty"))
   assert "\n" not in str(error.value)
+
+
+def test_make_source_reads_a_tfds_split(data_dir):
+  from sorajax import configuration  # pylint: disable=import-outside-toplevel
+  from sorajax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from tiny import DIT_CONFIG  # pylint: disable=import-outside-toplevel
+  c = configuration.load_config_file(f"{DIT_CONFIG}:frames=5,size=8,batch=2")
+  c.data.buckets, c.data.frame_stride = "", 2
+  c.data.source, c.data.tfds_name, c.data.tfds_data_dir = "tfds", "tiny_clips", data_dir
+  c.data.tfds_eval_split = "test"
+  assert pipeline.make_source(c.data, "train", 0)[0]["video"].shape == (5, 8, 8, 3)
+  assert len(pipeline.make_source(c.data, "eval", 0)) == 1

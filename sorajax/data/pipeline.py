@@ -20,7 +20,7 @@ from sorajax.data import buckets as buckets_lib
 from sorajax.data import shapes, video_source
 from sorajax.parallel import mesh as mesh_lib
 
-SOURCES = ("shapes", "records")
+SOURCES = ("shapes", "records", "tfds")
 
 
 def make_source(data: ml_collections.ConfigDict, split: str, seed: int,
@@ -32,7 +32,7 @@ def make_source(data: ml_collections.ConfigDict, split: str, seed: int,
     return shapes.ShapesWorld(
         frames=frames, height=height, width=width, split=split,
         min_objects=data.min_objects, max_objects=data.max_objects, seed=seed)
-  if data.source == "records":  # a folder written by python -m sorajax.prepare
+  if data.source in ("records", "tfds"):  # python -m sorajax.prepare's folder, or a TFDS dataset
     try:
       return video_source.from_config(data, (frames, height, width), seed, split)
     except ValueError as e:

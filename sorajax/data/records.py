@@ -24,6 +24,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from sorajax.data import video_io
+
 FORMAT = "sorajax.video_records"
 VERSION = 1
 STORES = ("file", "raw")
@@ -100,7 +102,6 @@ def record_frames(record: dict, wanted: np.ndarray | None = None) -> np.ndarray:
 
 def decode_bytes(data: bytes, name: str, indices: np.ndarray) -> np.ndarray:
   """Frames `indices` (sorted, absolute) of an encoded image or video file held in memory."""
-  from sorajax.data import video_io  # pylint: disable=import-outside-toplevel
   if name.lower().endswith(video_io.IMAGE_EXTENSIONS):
     from PIL import Image  # pylint: disable=import-outside-toplevel
     with Image.open(io.BytesIO(data)) as image:
@@ -115,7 +116,7 @@ def decode_bytes(data: bytes, name: str, indices: np.ndarray) -> np.ndarray:
   with av.open(io.BytesIO(data)) as container:
     for index, frame in enumerate(container.decode(video=0)):
       if index in places:
-        array = frame.to_ndarray(format="rgb24")
+        array = video_io.frame_to_rgb(frame)
         for n in places[index]:
           out[n] = array
       if index >= last:

@@ -4,6 +4,7 @@ name and renamed, so an interrupted job never leaves half a file behind."""
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 from PIL import Image
@@ -82,11 +83,25 @@ def write_mp4(path: str, video: np.ndarray, fps: int = 8, scale: int = 1) -> Non
     writer.write(video)
 
 
+_CONVERTERS = threading.local()  # one per thread: a converter is not safe to share
+
+
+def frame_to_rgb(frame) -> np.ndarray:
+  """A decoded PyAV frame as uint8 (H, W, 3). Each thread keeps one converter: PyAV's
+  `to_ndarray(format="rgb24")` sets up a new one per frame, which costs 2-3x the decoding on
+  small frames (bench/RESULTS.md, issue 7); the pixels are the same."""
+  converter = getattr(_CONVERTERS, "rgb", None)
+  if converter is None:
+    from av.video.reformatter import VideoReformatter  # pylint: disable=import-outside-toplevel
+    converter = _CONVERTERS.rgb = VideoReformatter()
+  return converter.reformat(frame, format="rgb24").to_ndarray()
+
+
 def read_video(path: str) -> np.ndarray:
   """Decodes every frame of a video file to uint8 (T, H, W, 3)."""
   import av  # pylint: disable=import-outside-toplevel
   with av.open(path) as container:
-    return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return np.stack([frame_to_rgb(f) for f in container.decode(video=0)])
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")

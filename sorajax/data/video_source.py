@@ -98,14 +98,32 @@ class ClipSource:
     return f"ClipSource({self.dataset.directory}, clips={len(self)}, size={self.size})"
 
 
-def from_config(data, size: tuple[int, int, int], seed: int, split: str = "train") -> ClipSource:
-  """The clips of `data.records` (or `data.eval_records` for held-out splits) in the bucket of
-  `size` among the run's buckets (`data.buckets`, or the one size data.frames x height x width)."""
-  directory = data.records if split == "train" else (data.get("eval_records") or data.records)
+def open_dataset(data, split: str = "train"):
+  """The clips of `split` ("train", else held out): the prepared dataset data.records (or
+  data.eval_records), or with data.source "tfds" the TFDS split data.tfds_split (or
+  data.tfds_eval_split)."""
+  train = split == "train"
+  if data.source == "tfds":
+    from sorajax.data import tfds_source  # pylint: disable=import-outside-toplevel
+    if not data.get("tfds_name"):
+      raise ValueError("data.source='tfds' needs data.tfds_name, a TFDS dataset prepared with "
+                       "tfds build NAME --file_format=array_record")
+    tfds_split = data.tfds_split if train else (data.get("tfds_eval_split") or data.tfds_split)
+    return tfds_source.TfdsDataset(
+        data.tfds_name, tfds_split, data.get("tfds_data_dir") or None,
+        video_key=data.get("tfds_video_key", "video"),
+        caption_key=data.get("tfds_caption_key", "caption"), fps=data.get("tfds_fps", 0.0))
+  directory = data.records if train else (data.get("eval_records") or data.records)
   if not directory:
     raise ValueError("data.source='records' needs data.records, a folder written by "
                      "python -m sorajax.prepare")
-  dataset = records.Dataset(directory)
+  return records.Dataset(directory)
+
+
+def from_config(data, size: tuple[int, int, int], seed: int, split: str = "train") -> ClipSource:
+  """The clips of `split` (open_dataset) in the bucket of `size` among the run's buckets
+  (`data.buckets`, or the one size data.frames x height x width)."""
+  dataset = open_dataset(data, split)
   spec = data.get("buckets", "")
   buckets = buckets_lib.parse(spec) if spec else [
       buckets_lib.Bucket(data.frames, data.height, data.width, 1)]
@@ -116,7 +134,7 @@ def from_config(data, size: tuple[int, int, int], seed: int, split: str = "train
   sampling = Sampling(data.get("frame_stride", 1), data.get("fps", 0.0))
   members = assign_buckets(dataset.meta, buckets, sampling)[sizes.index(tuple(size))]
   if not len(members):
-    raise ValueError(f"no clip of {directory} fits the bucket {'x'.join(map(str, size))} (too "
-                     "short at this frame stride or rate, or nearer other aspect ratios); "
+    raise ValueError(f"no clip of {dataset.directory} fits the bucket {'x'.join(map(str, size))} "
+                     "(too short at this frame stride or rate, or nearer other aspect ratios); "
                      "drop the bucket or lower data.frame_stride / data.fps")
   return ClipSource(dataset, members, tuple(size), sampling, seed)
