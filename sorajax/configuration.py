@@ -112,6 +112,29 @@ def run(main: Callable[[Sequence[str]], None], check_config_flag: bool = True) -
   app.run(guarded)
 
 
+def dataset_fields() -> dict:
+  """The data fields of the prepared-dataset and TFDS sources (data.source "records" or "tfds"),
+  at their defaults, for every config whose run reads clips from them."""
+  return dict(
+      # "records": a folder written by `python -m sorajax.prepare` (data/records.py), sampled
+      # every frame_stride-th frame (or at fps > 0), cropped to each bucket (data/video_source.py).
+      records="",
+      eval_records="",  # held-out clips; "" uses data.records
+      frame_stride=1,
+      fps=0.0,
+      # "tfds": a TFDS dataset prepared as ArrayRecord (tfds build NAME
+      # --file_format=array_record), read by random access (data/tfds_source.py); nothing is
+      # downloaded at training time.
+      tfds_name="",
+      tfds_split="train",
+      tfds_eval_split="",  # held-out clips; "" uses data.tfds_split
+      tfds_data_dir="",  # "": TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+      tfds_video_key="video",
+      tfds_caption_key="caption",  # a Text, texts (the first) or ClassLabel feature
+      tfds_fps=0.0,  # the videos' frame rate (TFDS stores none); 0: unknown
+  )
+
+
 def write_json_atomic(path: str, payload) -> None:
   """Writes JSON to a temporary name, then renames, so a reader never sees half a file."""
   tmp = f"{path}.tmp-{os.getpid()}"

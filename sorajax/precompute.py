@@ -23,6 +23,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
+from sorajax import configuration
 from sorajax.configuration import ConfigError
 from sorajax.data import latent_cache, latent_records, pipeline, records
 from sorajax.parallel import mesh as mesh_lib
@@ -73,7 +74,7 @@ def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int
     return None
   info = {"format": latent_records.FORMAT, "version": latent_records.VERSION,
           "vae_workdir": vae_workdir, "vae_step": objective.vae_step, "buckets": buckets}
-  records.write_json_atomic(os.path.join(out, records.DATASET_FILE), info)
+  configuration.write_json_atomic(os.path.join(out, records.DATASET_FILE), info)
   return info
 
 

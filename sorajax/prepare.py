@@ -29,6 +29,7 @@ import sys
 from absl import app, flags
 import numpy as np
 
+from sorajax import configuration
 from sorajax.data import records, video_io
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
@@ -246,7 +247,7 @@ def write_shard(out: str, index: int, block: list[Input], input_dir: str,
     os.remove(temporary)
   sidecar = {"format": records.FORMAT, "version": records.VERSION, "fingerprint": fingerprint,
              "inputs": len(block), "records": metas, "skipped": skipped}
-  records.write_json_atomic(base + ".json", sidecar)
+  configuration.write_json_atomic(base + ".json", sidecar)
   return sidecar
 
 
@@ -268,7 +269,7 @@ def finish(out: str, shards: int, settings: Settings) -> dict | None:
   info = {"format": records.FORMAT, "version": records.VERSION, "shards": shards,
           "records": sum(len(s["records"]) for s in sidecars), "skipped": len(skipped),
           "store": settings.store}
-  records.write_json_atomic(os.path.join(out, records.DATASET_FILE), info)
+  configuration.write_json_atomic(os.path.join(out, records.DATASET_FILE), info)
   return info
 
 

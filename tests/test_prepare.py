@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from sorajax import prepare
+from sorajax import configuration, prepare
 from sorajax.data import buckets as buckets_lib
 from sorajax.data import records, video_io, video_source
 
@@ -219,7 +219,7 @@ def test_precomputed_latents_equal_the_vae_and_train_the_dit(folder, tmp_path, v
   info_path = os.path.join(out, records.DATASET_FILE)
   with open(info_path) as f:
     stored_info = json.load(f)
-  records.write_json_atomic(info_path, dict(stored_info, vae_step=stored_info["vae_step"] + 1))
+  configuration.write_json_atomic(info_path, dict(stored_info, vae_step=stored_info["vae_step"] + 1))
   with pytest.raises(Exception, match="was encoded with the VAE at .* precompute again"):
     objective.prepare(str(tmp_path / "dit"))
 

@@ -7,6 +7,7 @@ Arg keys: variant (tiny|demo|base), frames, size, steps, batch.
 """
 import ml_collections
 
+from sorajax import configuration
 from sorajax.configuration import parse_arg
 from sorajax.parallel import mesh
 
@@ -25,21 +26,7 @@ def get_config(arg=None):
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "shapes"  # or "records", "tfds"
-  # "records": a folder written by `python -m sorajax.prepare` (data/records.py), sampled every
-  # frame_stride-th frame (or at fps > 0) and cropped to each bucket (data/video_source.py).
-  config.data.records = ""
-  config.data.eval_records = ""  # held-out clips; "" uses data.records
-  config.data.frame_stride = 1
-  config.data.fps = 0.0
-  # "tfds": a TFDS dataset prepared as ArrayRecord (tfds build NAME --file_format=array_record),
-  # read by random access (data/tfds_source.py); nothing is downloaded at training time.
-  config.data.tfds_name = ""
-  config.data.tfds_split = "train"
-  config.data.tfds_eval_split = ""  # held-out clips; "" uses data.tfds_split
-  config.data.tfds_data_dir = ""  # "": TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
-  config.data.tfds_video_key = "video"
-  config.data.tfds_caption_key = "caption"  # a Text, texts (the first) or ClassLabel feature
-  config.data.tfds_fps = 0.0  # the videos' frame rate (TFDS stores none); 0: unknown
+  config.data.update(configuration.dataset_fields())  # their paths, sampling and TFDS names
   config.data.frames = arg.frames
   config.data.height = arg.size
   config.data.width = arg.size

@@ -20,6 +20,7 @@ import os
 import msgpack
 import numpy as np
 
+from sorajax import configuration
 from sorajax.data import records
 
 FORMAT = "sorajax.latent_records"
@@ -48,7 +49,7 @@ def write_shard(base: str, captions, latents: np.ndarray, fingerprint: str) -> N
   finally:
     writer.close()
   os.replace(temporary, base + ".array_record")
-  records.write_json_atomic(base + ".json", {"format": FORMAT, "version": VERSION,
+  configuration.write_json_atomic(base + ".json", {"format": FORMAT, "version": VERSION,
                                              "fingerprint": fingerprint, "clips": len(latents)})
 
 

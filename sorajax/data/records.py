@@ -39,13 +39,6 @@ def shard_name(index: int) -> str:
   return f"shard-{index:05d}"
 
 
-def write_json_atomic(path: str, value: Any) -> None:
-  temporary = f"{path}.tmp-{os.getpid()}"
-  with open(temporary, "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(temporary, path)
-
-
 def finished_shard(base: str, fingerprint: str) -> dict | None:
   """The sidecar of a shard an earlier run wrote from the same inputs (None if there is none); a
   shard written from others is refused rather than mixed in."""
