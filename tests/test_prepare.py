@@ -1,4 +1,5 @@
 """Preparing a video folder as ArrayRecord shards, and training clips read back from them."""
+import itertools
 import json
 import os
 
@@ -251,3 +252,20 @@ def test_a_resumed_stream_of_prepared_clips_sees_the_same_batches(folder, tmp_pa
   loader.close()
   resumed.resume_at(3)
   assert [fingerprint(next(resumed)) for _ in range(4)] == expected
+
+
+def test_processes_read_disjoint_shares_that_cover_the_clips(folder, tmp_path):
+  """Two processes' shares of the endless training stream (pipeline.make_loader with
+  share=(i, 2)): no clip in both, none in neither, though 5 clips do not split evenly."""
+  from sorajax.data import pipeline  # pylint: disable=import-outside-toplevel
+  _prepare(folder, tmp_path / "data")
+  dataset = records.Dataset(str(tmp_path / "data"))
+  source = video_source.ClipSource(dataset, np.arange(len(dataset)), (1, 16, 16),
+                                   video_source.Sampling(), seed=0)
+  seen = []
+  for index in range(2):
+    loader = pipeline.make_loader(source, batch_size=1, seed=3, share=(index, 2))
+    seen.append({int(batch["video"].sum()) for batch in itertools.islice(loader, 9)})
+  assert sorted(map(len, seen)) == [2, 3]
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == {int(source[i]["video"].sum()) for i in range(5)}

@@ -90,8 +90,10 @@ def make_loader(source, *, batch_size: int, seed: int, tokenizer=None, shuffle: 
   """A grain DataLoader over share `share` = (index, count) of the source (see `batch_share`);
   None: the source already holds only this process's examples (a latent cache).
   `batch_size` is per process."""
+  # Shares may differ by one example: the streams repeat without end, so no process waits at an
+  # epoch's end, and dropping the remainder would leave the same examples unseen in every epoch.
   shard = grain.NoSharding() if share is None else grain.ShardOptions(
-      shard_index=share[0], shard_count=share[1], drop_remainder=True)
+      shard_index=share[0], shard_count=share[1], drop_remainder=False)
   sampler = grain.IndexSampler(
       num_records=len(source), shard_options=shard,
       shuffle=shuffle, num_epochs=num_epochs, seed=seed)
