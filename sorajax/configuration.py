@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -136,8 +137,9 @@ def dataset_fields() -> dict:
 
 
 def write_json_atomic(path: str, payload) -> None:
-  """Writes JSON to a temporary name, then renames, so a reader never sees half a file."""
-  tmp = f"{path}.tmp-{os.getpid()}"
+  """Writes JSON to a temporary name, then renames, so a reader never sees half a file. The
+  name is unique across hosts too, whose process ids often coincide."""
+  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
   with open(tmp, "w") as f:
     json.dump(payload, f, indent=2, sort_keys=True, default=str)
     f.write("\n")

@@ -30,11 +30,14 @@ from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 
 
-def _fingerprint(config, bucket, indices: range, vae_workdir: str, vae_step: int) -> str:
+def _fingerprint(config, bucket, source, indices: range, vae_workdir: str, vae_step: int) -> str:
+  """What a shard is encoded from: the clips (a prepared dataset's source names its contents and
+  the bucket's members), the data settings, the slice and the VAE."""
   data = {k: v for k, v in config.data.to_dict().items()
           if k not in ("worker_count", "latent_cache", "latent_records", "buckets")}
   text = json.dumps(dict(data=data, bucket=bucket.name, seed=config.seed, vae=vae_workdir,
-                         vae_step=vae_step, clips=[indices.start, indices.stop]), sort_keys=True)
+                         vae_step=vae_step, clips=[indices.start, indices.stop],
+                         source=getattr(source, "fingerprint", None)), sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -52,25 +55,23 @@ def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int
   objective = objectives.DiTObjective(config, mesh)
   vae_workdir = os.path.realpath(config.vae_workdir)
   os.makedirs(out, exist_ok=True)
-  buckets, done = {}, True
+  buckets, shards = {}, []  # shards: (base, fingerprint) of every shard of every bucket
   for bucket in objective.buckets:
     source = pipeline.make_source(config.data, "train", config.seed, bucket.size)
     clips = min(len(source), max_clips) if max_clips else len(source)
-    shards = -(-clips // clips_per_shard)
-    for index in range(shards):
+    count = -(-clips // clips_per_shard)
+    for index in range(count):
       part = range(index * clips_per_shard, min(clips, (index + 1) * clips_per_shard))
       base = latent_records.shard_base(out, bucket.name, index)
-      fingerprint = _fingerprint(config, bucket, part, vae_workdir, objective.vae_step)
-      if records.finished_shard(base, fingerprint):
-        continue
-      if index % process_count != process_index:
-        done = False  # another process's shard, not written yet
-        continue
-      encoded = latent_cache.encode_source(objective.vae_latents, source, part, batch_size)
-      latent_records.write_shard(base, encoded.captions, encoded.latents, fingerprint)
-    buckets[bucket.name] = {"clips": clips, "shards": shards,
+      fingerprint = _fingerprint(config, bucket, source, part, vae_workdir, objective.vae_step)
+      shards.append((base, fingerprint))
+      if index % process_count == process_index and not records.finished_shard(base, fingerprint):
+        encoded = latent_cache.encode_source(objective.vae_latents, source, part, batch_size)
+        latent_records.write_shard(base, encoded.captions, encoded.latents, fingerprint)
+    buckets[bucket.name] = {"clips": clips, "shards": count,
                             "latent_shape": list(objective.latent_shape(*bucket.size))}
-  if not done:
+  # Only now, after this process's own shards: the others' may have finished meanwhile.
+  if not all(records.finished_shard(base, fingerprint) for base, fingerprint in shards):
     return None
   info = {"format": latent_records.FORMAT, "version": latent_records.VERSION,
           "vae_workdir": vae_workdir, "vae_step": objective.vae_step, "buckets": buckets}

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import math
 import os
 import sys
 
@@ -37,23 +39,29 @@ OPTIONAL_COLUMNS = ("start", "end")
 
 
 class Input:
-  """One clip to prepare: a file under the input folder, its caption and span (seconds)."""
+  """One clip to prepare: a file under the input folder, its caption and span (seconds), and a
+  reason to skip it found while reading the captions file (a caption that is not text, a row
+  given twice)."""
 
   def __init__(self, path: str, caption: str | None, start: float | None = None,
-               end: float | None = None, line: int = 0):
+               end: float | None = None, line: int = 0, problem: str = ""):
     self.path, self.caption, self.start, self.end, self.line = path, caption, start, end, line
+    self.problem = problem
 
   def key(self) -> list:
-    return [self.path, self.caption, self.start, self.end]
+    return [self.path, self.caption, self.start, self.end, self.problem]
 
 
 def _seconds(value, column: str, where: str) -> float | None:
   if value in (None, ""):
     return None
   try:
-    return float(value)
+    seconds = float(value)
   except (TypeError, ValueError):
-    raise ValueError(f"{where}: {column}={value!r} is not a number of seconds") from None
+    seconds = float("nan")
+  if not math.isfinite(seconds) or seconds < 0:
+    raise ValueError(f"{where}: {column}={value!r} is not a number of seconds >= 0")
+  return seconds
 
 
 def _check_columns(columns, video_column: str, caption_column: str, ignore: tuple[str, ...],
@@ -77,7 +85,7 @@ def read_captions(path: str, video_column: str = "video", caption_column: str = 
     raise ValueError(f"captions file {path!r} does not exist")
   rows = []
   if path.lower().endswith((".jsonl", ".json")):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not a column
       for line, text in enumerate(f, 1):
         if not text.strip():
           continue
@@ -91,7 +99,7 @@ def read_captions(path: str, video_column: str = "video", caption_column: str = 
         _check_columns(list(row), video_column, caption_column, ignore_columns, where)
         rows.append((line, row))
   else:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
       reader = csv.DictReader(f)
       _check_columns(reader.fieldnames or [], video_column, caption_column, ignore_columns,
                      f"{path} (header)")
@@ -100,14 +108,21 @@ def read_captions(path: str, video_column: str = "video", caption_column: str = 
           raise ValueError(f"{path} line {reader.line_num} has more fields than the header; "
                            "quote captions that hold commas")
         rows.append((reader.line_num, row))
-  inputs = []
+  inputs, first_line = [], {}
   for line, row in rows:
     where = f"{path} line {line}"
-    caption = row[caption_column]
-    caption = caption.strip() if isinstance(caption, str) else None
-    inputs.append(Input(str(row[video_column]), caption or None,
-                        _seconds(row.get("start"), "start", where),
-                        _seconds(row.get("end"), "end", where), line))
+    caption, problem = row[caption_column], ""
+    if caption is not None and not isinstance(caption, str):
+      caption, problem = None, (f"caption is a {type(caption).__name__}, not text; write one "
+                                "caption per row")
+    item = Input(str(row[video_column]), (caption or "").strip() or None,
+                 _seconds(row.get("start"), "start", where),
+                 _seconds(row.get("end"), "end", where), line, problem)
+    key = json.dumps([os.path.normpath(item.path), item.caption, item.start, item.end])
+    if key in first_line and not item.problem:
+      item.problem = f"duplicate of line {first_line[key]}"
+    first_line.setdefault(key, line)
+    inputs.append(item)
   return inputs
 
 
@@ -146,11 +161,26 @@ class Skip(Exception):
   """An input that cannot become a record; the message is the reason reported."""
 
 
-def _frame_rate(path: str) -> float:
+def _probe(path: str, data: bytes, image: bool) -> tuple[int, int, int, float]:
+  """(frames, height, width, fps) of a media file, decoding a video without keeping its frames
+  (a long video need not fit in memory); a file that cannot be decoded raises."""
+  if image:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    with Image.open(io.BytesIO(data)) as picture:
+      picture.load()  # decodes, so a truncated file fails here
+      return 1, picture.height, picture.width, 0.0
   import av  # pylint: disable=import-outside-toplevel
   with av.open(path) as container:
-    rate = container.streams.video[0].average_rate
-  return float(rate) if rate else 0.0
+    if not container.streams.video:
+      raise ValueError("no video stream")
+    stream = container.streams.video[0]
+    fps = float(stream.average_rate) if stream.average_rate else 0.0
+    frames, size = 0, (0, 0)
+    for frame in container.decode(stream):
+      frames, size = frames + 1, (frame.height, frame.width)
+  if not frames:
+    raise ValueError("no video frames")
+  return frames, size[0], size[1], fps
 
 
 def _resize(video: np.ndarray, max_side: int) -> np.ndarray:
@@ -173,6 +203,8 @@ def resample(count: int, fps: float, target: float) -> np.ndarray:
 
 def make_record(input_dir: str, item: Input, settings: Settings) -> tuple[bytes, dict]:
   """The record of one input and its metadata, or Skip with the reason."""
+  if item.problem:
+    raise Skip(item.problem)
   if item.caption is None:
     raise Skip("missing caption")
   path = os.path.join(input_dir, item.path)
@@ -185,36 +217,48 @@ def make_record(input_dir: str, item: Input, settings: Settings) -> tuple[bytes,
     raise Skip(f"unreadable: {e.strerror or e}") from None
   image = item.path.lower().endswith(video_io.IMAGE_EXTENSIONS)
   try:
-    video = video_io.read_media(path)
-    fps = 0.0 if image else _frame_rate(path)
-  except ValueError as e:
-    raise Skip(f"corrupt: {e}") from None
-  start, end = 0, len(video)
+    frames, height, width, fps = _probe(path, data, image)
+  except Exception as e:  # pylint: disable=broad-except  # any decoder failure is this input's
+    raise Skip(f"corrupt: {_first_line(e)}") from None
+  start, end = 0, frames
   if item.start is not None or item.end is not None:
     if not fps:
       raise Skip("start/end given but the file has no frame rate")
-    start = max(0, round((item.start or 0.0) * fps))
-    end = min(len(video), round(item.end * fps) if item.end is not None else len(video))
+    start = round((item.start or 0.0) * fps)
+    end = min(frames, round(item.end * fps)) if item.end is not None else frames
+    if start >= end:
+      raise Skip(f"empty span: start {item.start or 0:g} s, end "
+                 f"{item.end if item.end is not None else frames / fps:g} s of a "
+                 f"{frames / fps:g} s video")
   if end - start < settings.min_frames and not image:  # an image is a one-frame clip
-    raise Skip(f"too short: {max(0, end - start)} frames, --min_frames {settings.min_frames}")
-  height, width = video.shape[1:3]
+    raise Skip(f"too short: {end - start} frames, --min_frames {settings.min_frames}")
   if settings.store == "raw":
-    video = video[start:end][resample(end - start, fps, settings.fps)]
-    fps = settings.fps or fps
+    video = records.decode_bytes(data, item.path, np.arange(start, end))
+    video = video[resample(len(video), fps, settings.fps)]
+    fps = settings.fps if settings.fps and fps else fps  # resampled only when the rate is known
     if settings.max_frames:
       video = video[:settings.max_frames]
-    if settings.max_side:
-      video = _resize(video, settings.max_side)
     if len(video) < settings.min_frames and not image:
       raise Skip(f"too short: {len(video)} frames at {fps:g} fps, --min_frames "
                  f"{settings.min_frames}")
+    if settings.max_side:
+      video = _resize(video, settings.max_side)
     data, (start, end), (height, width) = video.tobytes(), (0, len(video)), video.shape[1:3]
   meta = dict(frames=end - start, height=height, width=width, fps=fps, start=start, end=end)
   return records.encode_record(item.caption, settings.store, data, meta, item.path), meta
 
 
-def _fingerprint(block: list[Input], settings: Settings) -> str:
-  text = json.dumps([settings.key()] + [i.key() for i in block])
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _fingerprint(input_dir: str, block: list[Input], settings: Settings) -> str:
+  """What a shard is made from: the folder, each input's row and file size, the settings."""
+  def size(item):
+    path = os.path.join(input_dir, item.path)
+    return os.path.getsize(path) if os.path.isfile(path) else None
+  text = json.dumps([os.path.realpath(input_dir), settings.key()]
+                    + [i.key() + [size(i)] for i in block])
   return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -223,12 +267,12 @@ def write_shard(out: str, index: int, block: list[Input], input_dir: str,
   """Writes one shard and its sidecar (kept as they are if an earlier run wrote them)."""
   from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
   base = os.path.join(out, records.shard_name(index))
-  fingerprint = _fingerprint(block, settings)
+  fingerprint = _fingerprint(input_dir, block, settings)
   done = records.finished_shard(base, fingerprint)
   if done is not None:
     return done
   metas, skipped = [], []
-  temporary = f"{base}.array_record.tmp-{os.getpid()}"
+  temporary = f"{base}.array_record.{records.temporary_suffix()}"
   writer = ArrayRecordWriter(temporary, "group_size:1")
   try:
     for item in block:
@@ -237,10 +281,17 @@ def write_shard(out: str, index: int, block: list[Input], input_dir: str,
       except Skip as e:
         skipped.append({"video": item.path, "line": item.line, "reason": str(e)})
         continue
+      except Exception as e:  # pylint: disable=broad-except  # one input never stops the job
+        skipped.append({"video": item.path, "line": item.line,
+                        "reason": f"failed: {type(e).__name__}: {_first_line(e)}"})
+        continue
       writer.write(raw)
       metas.append(meta)
-  finally:
     writer.close()
+  except BaseException:
+    writer.close()
+    os.remove(temporary)
+    raise
   if metas:
     os.replace(temporary, base + ".array_record")
   else:
@@ -251,24 +302,25 @@ def write_shard(out: str, index: int, block: list[Input], input_dir: str,
   return sidecar
 
 
-def finish(out: str, shards: int, settings: Settings) -> dict | None:
-  """dataset.json and skipped.jsonl, once every shard's sidecar is there; None before."""
+def finish(out: str, fingerprints: list[str], settings: Settings) -> dict | None:
+  """dataset.json and skipped.jsonl, once every shard is there and made from these inputs
+  (`fingerprints`, one per shard); None before."""
   sidecars = []
-  for index in range(shards):
-    path = os.path.join(out, records.shard_name(index) + ".json")
-    if not os.path.isfile(path):
+  for index, fingerprint in enumerate(fingerprints):
+    sidecar = records.finished_shard(os.path.join(out, records.shard_name(index)), fingerprint)
+    if sidecar is None:
       return None
-    with open(path) as f:
-      sidecars.append(json.load(f))
+    sidecars.append(sidecar)
   skipped = [s for sidecar in sidecars for s in sidecar["skipped"]]
-  temporary = os.path.join(out, f"{records.SKIPPED_FILE}.tmp-{os.getpid()}")
+  temporary = os.path.join(out, f"{records.SKIPPED_FILE}.{records.temporary_suffix()}")
   with open(temporary, "w") as f:
     for item in skipped:
       f.write(json.dumps(item) + "\n")
   os.replace(temporary, os.path.join(out, records.SKIPPED_FILE))
-  info = {"format": records.FORMAT, "version": records.VERSION, "shards": shards,
+  info = {"format": records.FORMAT, "version": records.VERSION, "shards": len(sidecars),
           "records": sum(len(s["records"]) for s in sidecars), "skipped": len(skipped),
-          "store": settings.store}
+          "store": settings.store,
+          "fingerprint": hashlib.sha256(json.dumps(fingerprints).encode()).hexdigest()}
   configuration.write_json_atomic(os.path.join(out, records.DATASET_FILE), info)
   return info
 
@@ -292,11 +344,10 @@ def prepare(input_dir: str, captions: str, out: str, settings: Settings | None =
   if not inputs:
     raise ValueError(f"{captions} and {input_dir} hold no inputs")
   os.makedirs(out, exist_ok=True)
-  shards = -(-len(inputs) // clips_per_shard)
-  for index in range(process_index, shards, process_count):
-    write_shard(out, index, inputs[index * clips_per_shard:(index + 1) * clips_per_shard],
-                input_dir, settings)
-  return finish(out, shards, settings)
+  blocks = [inputs[i:i + clips_per_shard] for i in range(0, len(inputs), clips_per_shard)]
+  for index in range(process_index, len(blocks), process_count):
+    write_shard(out, index, blocks[index], input_dir, settings)
+  return finish(out, [_fingerprint(input_dir, b, settings) for b in blocks], settings)
 
 
 def main(argv):
@@ -316,7 +367,7 @@ def main(argv):
     print(f"process {_PROCESS_INDEX.value} of {_PROCESS_COUNT.value} done; the last process to "
           f"finish writes {records.DATASET_FILE}")
   else:
-    print(f"wrote {info['records']} clips in {info['shards']} shards to {_OUT.value}; skipped "
+    print(f"wrote {info['records']} clips in {info['shards']} shard(s) to {_OUT.value}; skipped "
           f"{info['skipped']} (see {os.path.join(_OUT.value, records.SKIPPED_FILE)})")
 
 

@@ -74,7 +74,7 @@ def test_prepared_clips_equal_a_direct_decode_and_bad_inputs_are_reported(folder
   assert dataset.meta["fps"][0] == 8.0
   with open(tmp_path / "out" / records.SKIPPED_FILE) as f:
     skipped = {s["video"]: s["reason"] for s in map(json.loads, f)}
-  assert skipped["broken.mp4"].startswith("corrupt: cannot read")
+  assert skipped["broken.mp4"].startswith("corrupt: ")
   assert skipped["short.mp4"] == "too short: 2 frames, --min_frames 3"
   assert skipped["gone.mp4"] == "missing file"
   assert skipped["uncaptioned.mp4"] == "missing caption"
@@ -94,6 +94,16 @@ def test_shards_split_over_processes_and_an_interrupted_job_resumes(folder, tmp_
   assert info["shards"] == 5 and info["records"] == 5
   assert all(os.path.getmtime(out / name) == t for name, t in kept.items())  # not redone
   whole = _prepare(folder, tmp_path / "whole", clips_per_shard=2)
+  # A caption edited after another process wrote its shard: the dataset is not published.
+  root, captions = folder
+  edited = tmp_path / "edited.csv"
+  edited.write_text(captions.read_text().replace("clip number 2", "clip number two"))
+  prepare.prepare(str(root), str(captions), str(tmp_path / "mixed"), prepare.Settings(min_frames=3),
+                  clips_per_shard=2, process_index=1, process_count=2)
+  with pytest.raises(ValueError, match="written from other inputs"):
+    prepare.prepare(str(root), str(edited), str(tmp_path / "mixed"),
+                    prepare.Settings(min_frames=3), clips_per_shard=2, process_index=0,
+                    process_count=2)
   merged, single = records.Dataset(str(out)), records.Dataset(str(tmp_path / "whole"))
   assert [merged[i]["path"] for i in range(5)] == [single[i]["path"] for i in range(5)]
   # Other inputs in the same folder are refused rather than mixed in.
@@ -116,12 +126,55 @@ def test_captions_files_and_folders_are_checked(folder, tmp_path):
   lines.write_text('{"video": "clip0.mp4", "caption": "a"}\n{"video": "clip1.mp4", "tags": 1}\n')
   with pytest.raises(ValueError, match=r"bad.jsonl line 2 has no column caption"):
     prepare.prepare(str(root), str(lines), str(tmp_path / "p"))
+  odd = tmp_path / "odd.csv"  # a byte-order mark, a repeated row, an empty span
+  odd.write_text("\ufeffvideo,caption,start,end\nclip0.mp4,a,0,1\nclip0.mp4,a,0,1\n"
+                 "clip1.mp4,b,2,1\n", encoding="utf-8")
+  info = prepare.prepare(str(root), str(odd), str(tmp_path / "q"))
+  assert info["records"] == 1
+  with open(tmp_path / "q" / records.SKIPPED_FILE) as f:
+    reasons = [json.loads(line)["reason"] for line in f]
+  assert "duplicate of line 2" in reasons
+  assert any(r.startswith("empty span: start 2 s, end 1 s") for r in reasons)
+  odd.write_text("video,caption,start\nclip0.mp4,a,nan\n")
+  with pytest.raises(ValueError, match=r"line 2: start='nan' is not a number of seconds >= 0"):
+    prepare.prepare(str(root), str(odd), str(tmp_path / "r"))
   with pytest.raises(ValueError, match="captions file .* does not exist"):
     prepare.prepare(str(root), str(tmp_path / "none.csv"), str(tmp_path / "o"))
   with pytest.raises(ValueError, match="--input_dir .* does not exist"):
     prepare.prepare(str(tmp_path / "nowhere"), str(bad), str(tmp_path / "o"))
   with pytest.raises(ValueError, match="need --store raw"):
     prepare.Settings("file", fps=8)
+
+
+def test_raw_clips_resampled_below_the_minimum_are_skipped(folder, tmp_path):
+  info = _prepare(folder, tmp_path / "out",
+                  settings=prepare.Settings("raw", fps=0.5, max_side=16, min_frames=1))
+  assert info["records"] == 1  # only the image: 8 fps clips of 9-12 frames give 0 at 0.5 fps
+  with open(tmp_path / "out" / records.SKIPPED_FILE) as f:
+    reasons = {json.loads(line)["video"]: json.loads(line)["reason"] for line in f}
+  assert reasons["clip0.mp4"] == "too short: 0 frames at 0.5 fps, --min_frames 1"
+
+
+def test_a_long_record_gives_a_window_from_each_stretch(folder, tmp_path):
+  root, _ = folder
+  _prepare(folder, tmp_path / "out")
+  dataset = records.Dataset(str(tmp_path / "out"))
+  source = video_source.ClipSource(dataset, [0], (5, 32, 48), video_source.Sampling(), seed=1)
+  direct = video_io.read_media(str(root / "clip0.mp4"))  # 12 frames: stretches 0-5 and 6-11
+  assert len(source) == 2
+  starts = [[s for s in range(8) if np.array_equal(source[i]["video"], direct[s:s + 5])]
+            for i in range(2)]
+  assert starts[0][0] in (0, 1) and starts[1][0] in (6, 7)
+
+
+def test_a_bucket_with_fewer_clips_than_processes_is_named(folder, tmp_path):
+  from sorajax import configuration as config_lib  # pylint: disable=import-outside-toplevel
+  from sorajax.data import pipeline  # pylint: disable=import-outside-toplevel
+  _prepare(folder, tmp_path / "out")
+  dataset = records.Dataset(str(tmp_path / "out"))
+  source = video_source.ClipSource(dataset, [0, 1], (5, 32, 32), video_source.Sampling(), 0)
+  with pytest.raises(config_lib.ConfigError, match="holds 4 examples, fewer than the 8 process"):
+    pipeline.make_loader(source, batch_size=1, seed=0, share=(0, 8))
 
 
 def test_a_dataset_of_another_format_version_is_refused(folder, tmp_path):
@@ -202,15 +255,16 @@ def test_precomputed_latents_equal_the_vae_and_train_the_dit(folder, tmp_path, v
   assert precompute.precompute(config, out, clips_per_shard=2, process_index=1,
                                process_count=2) is None
   info = precompute.precompute(config, out, clips_per_shard=2, process_index=0, process_count=2)
-  assert info["buckets"] == {"5x16x16": {"clips": 4, "shards": 2, "latent_shape": [2, 2, 2, 16]}}
+  # 12-, 10-, 9- and 11-frame clips give 2 + 2 + 1 + 2 five-frame windows.
+  assert info["buckets"] == {"5x16x16": {"clips": 7, "shards": 4, "latent_shape": [2, 2, 2, 16]}}
   stored = latent_records.LatentRecords(out, "5x16x16")
   clips = pipeline.make_source(config.data, "train", config.seed, (5, 16, 16))
   objective = objectives.DiTObjective(config, mesh_lib.make_mesh(
       {"data": 1, "fsdp": 1, "tensor": 1, "context": 1}, devices=jax.local_devices()[:1]))
-  direct = objective.vae_latents(np.stack([clips[i]["video"] for i in range(4)]))
-  np.testing.assert_allclose(np.stack([stored[i]["latents"] for i in range(4)]), direct,
+  direct = objective.vae_latents(np.stack([clips[i]["video"] for i in range(7)]))
+  np.testing.assert_allclose(np.stack([stored[i]["latents"] for i in range(7)]), direct,
                              atol=1e-5)
-  assert [stored[i]["caption"] for i in range(4)] == [clips[i]["caption"] for i in range(4)]
+  assert [stored[i]["caption"] for i in range(7)] == [clips[i]["caption"] for i in range(7)]
   # The DiT trains from the latents alone: reading a pixel clip would fail.
   config.data.latent_records = out
   monkeypatch.setattr(video_source.ClipSource, "__getitem__", None)

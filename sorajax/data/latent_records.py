@@ -41,7 +41,7 @@ def encode_record(caption: str, latents: np.ndarray) -> bytes:
 def write_shard(base: str, captions, latents: np.ndarray, fingerprint: str) -> None:
   """One shard and its sidecar, each written to a temporary name and renamed."""
   from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
-  temporary = f"{base}.array_record.tmp-{os.getpid()}"
+  temporary = f"{base}.array_record.{records.temporary_suffix()}"
   writer = ArrayRecordWriter(temporary, "group_size:1")
   try:
     for caption, value in zip(captions, latents):

@@ -92,6 +92,10 @@ def make_loader(source, *, batch_size: int, seed: int, tokenizer=None, shuffle: 
   `batch_size` is per process."""
   # Shares may differ by one example: the streams repeat without end, so no process waits at an
   # epoch's end, and dropping the remainder would leave the same examples unseen in every epoch.
+  if share is not None and len(source) < share[1]:
+    raise ConfigError(f"{source!r} holds {len(source)} examples, fewer than the {share[1]} "
+                      "process shares that read it; add clips to it or drop its bucket from "
+                      "data.buckets")
   shard = grain.NoSharding() if share is None else grain.ShardOptions(
       shard_index=share[0], shard_count=share[1], drop_remainder=False)
   sampler = grain.IndexSampler(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 from typing import Any
 
 import msgpack
@@ -37,6 +38,11 @@ META_FIELDS = ("frames", "height", "width", "fps", "start", "end")
 
 def shard_name(index: int) -> str:
   return f"shard-{index:05d}"
+
+
+def temporary_suffix() -> str:
+  """A name part no other writer uses: hosts of one job often share process ids."""
+  return f"tmp-{uuid.uuid4().hex}"
 
 
 def finished_shard(base: str, fingerprint: str) -> dict | None:
@@ -149,6 +155,7 @@ class Dataset:
       for record in shard["records"]:
         for k in META_FIELDS:
           columns[k].append(record[k])
+    self.fingerprint = self.info.get("fingerprint", "")  # what the shards were made from
     self.meta = {k: np.asarray(v) for k, v in columns.items()}
     self.meta["fps"] = self.meta["fps"].astype(np.float64)
     self._paths = paths

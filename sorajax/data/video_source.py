@@ -2,8 +2,9 @@
 bucket's size, and the assignment of every clip to a bucket by aspect ratio and duration.
 
 Temporal sampling takes every `stride`-th source frame, or, with `fps` > 0, the frames nearest to a
-steady `fps` whatever each file's own rate. The window's start is drawn from (seed, index), so a
-clip is the same every time its index comes round: a resumed run sees the same batches.
+steady `fps` whatever each file's own rate. Each long record gives one example per stretch of it
+whose window start is drawn from (seed, example), so an example is the same clip every time it
+comes round: a resumed run sees the same batches (ClipSource).
 
 Bucketing: each clip trains in the video bucket (frames > 1) whose aspect ratio is nearest its own
 among those it is long enough for; ties go to the longer, then larger bucket. An image bucket (one
@@ -14,6 +15,9 @@ nearest-aspect assignment keeps it within half a step between neighbouring bucke
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 
 import numpy as np
 
@@ -73,23 +77,57 @@ def assign_buckets(meta: dict[str, np.ndarray], buckets: list[buckets_lib.Bucket
 
 
 class ClipSource:
-  """Random-access source of {"video": uint8 (frames, H, W, 3), "caption": str}: the records
-  `indices` of `dataset`, each sampled and fitted to (frames, height, width)."""
+  """Random-access source of {"video": uint8 (frames, H, W, 3), "caption": str}: windows of the
+  records `indices` of `dataset`, each sampled and fitted to (frames, height, width).
+
+  A record long enough for several windows gives that many examples, one per stretch of the
+  record, each placed at random inside its stretch by (seed, example): a minute of video trains
+  on a minute, not on one window of it, and an example is the same clip every time it comes
+  round (exact resume). An image bucket (one frame) takes one frame per record, anywhere in it.
+  A record that fails to decode is logged and the next example is read instead.
+  """
 
   def __init__(self, dataset: records.Dataset, indices: np.ndarray, size: tuple[int, int, int],
                sampling: Sampling, seed: int):
-    self.dataset, self.indices, self.size = dataset, np.asarray(indices), size
-    self.sampling, self.seed = sampling, seed
+    self.dataset, self.size, self.sampling, self.seed = dataset, size, sampling, seed
+    indices = np.asarray(indices, np.int64)
+    spans = sampling.span(size[0], dataset.meta["fps"][indices])
+    windows = (np.maximum(1, dataset.meta["frames"][indices] // spans) if size[0] > 1
+               else np.ones(len(indices), np.int64))
+    self.indices = np.repeat(indices, windows)  # the record of each example
+    self.stretches = np.repeat(windows, windows)  # how many stretches its record is cut into
+    self.stretch = np.arange(len(self.indices)) - np.repeat(np.cumsum(windows) - windows, windows)
 
   def __len__(self) -> int:
     return len(self.indices)
 
+  @property
+  def fingerprint(self) -> str:
+    """Names the examples: the dataset's contents, the records, size, sampling and seed."""
+    identity = [getattr(self.dataset, "fingerprint", self.dataset.directory), list(self.size),
+                dataclasses.astuple(self.sampling), self.seed,
+                hashlib.sha256(self.indices.tobytes()).hexdigest()]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+
   def __getitem__(self, index: int) -> dict:
+    for attempt in range(min(len(self), 8)):
+      example = (int(index) + attempt) % len(self)
+      try:
+        return self._clip(example)
+      except ValueError as e:
+        logging.warning("skipping example %d (record %d of %s): %s", example,
+                        self.indices[example], self.dataset.directory, e)
+    raise ValueError(f"examples {index} to {index + 7} of {self.dataset.directory} all failed to "
+                     "decode; check the dataset (python -m sorajax.prepare reports bad inputs)")
+
+  def _clip(self, index: int) -> dict:
     frames, height, width = self.size
     record = self.dataset[self.indices[index]]
     available = record["end"] - record["start"]
     span = int(self.sampling.span(frames, record["fps"]))
-    start = int(np.random.default_rng((self.seed, int(index))).integers(0, available - span + 1))
+    stretch = available // self.stretches[index]  # >= span
+    first = self.stretch[index] * stretch
+    start = first + int(np.random.default_rng((self.seed, index)).integers(0, stretch - span + 1))
     video = records.record_frames(record, self.sampling.indices(start, frames, record["fps"]))
     video, _ = video_io.fit_video(video, height, width, temporal_factor=1)
     return {"video": video, "caption": record["caption"]}

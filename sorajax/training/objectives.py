@@ -377,7 +377,8 @@ class DiTObjective:
             if k not in ("worker_count", "latent_cache", "buckets")}
     data.update(frames=bucket.frames, height=bucket.height, width=bucket.width)
     fingerprint = dict(data=data, seed=self.config.seed, vae_step=self.vae_step,
-                       vae_workdir=os.path.abspath(self.config.vae_workdir))
+                       vae_workdir=os.path.abspath(self.config.vae_workdir),
+                       source=getattr(source, "fingerprint", None))  # a dataset's contents
     try:
       return latent_cache.load_or_build(workdir, source, d.latent_cache,
                                         self.vae_latents, fingerprint,
