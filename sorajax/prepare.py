@@ -161,7 +161,7 @@ class Skip(Exception):
   """An input that cannot become a record; the message is the reason reported."""
 
 
-def _probe(path: str, data: bytes, image: bool) -> tuple[int, int, int, float]:
+def _probe(data: bytes, image: bool) -> tuple[int, int, int, float]:
   """(frames, height, width, fps) of a media file, decoding a video without keeping its frames
   (a long video need not fit in memory); a file that cannot be decoded raises."""
   if image:
@@ -170,7 +170,7 @@ def _probe(path: str, data: bytes, image: bool) -> tuple[int, int, int, float]:
       picture.load()  # decodes, so a truncated file fails here
       return 1, picture.height, picture.width, 0.0
   import av  # pylint: disable=import-outside-toplevel
-  with av.open(path) as container:
+  with av.open(io.BytesIO(data)) as container:  # the bytes already read, not the file again
     if not container.streams.video:
       raise ValueError("no video stream")
     stream = container.streams.video[0]
@@ -217,7 +217,7 @@ def make_record(input_dir: str, item: Input, settings: Settings) -> tuple[bytes,
     raise Skip(f"unreadable: {e.strerror or e}") from None
   image = item.path.lower().endswith(video_io.IMAGE_EXTENSIONS)
   try:
-    frames, height, width, fps = _probe(path, data, image)
+    frames, height, width, fps = _probe(data, image)
   except Exception as e:  # pylint: disable=broad-except  # any decoder failure is this input's
     raise Skip(f"corrupt: {_first_line(e)}") from None
   start, end = 0, frames

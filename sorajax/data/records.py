@@ -87,16 +87,15 @@ def record_frames(record: dict, wanted: np.ndarray | None = None) -> np.ndarray:
   `wanted` (sorted); decoding stops after the last wanted frame. Besides the stored kinds, a
   record of store "array" holds its frames as an array in "data" (sources that decode for us)."""
   start, end = record["start"], record["end"]
-  wanted_abs = None if wanted is None else np.asarray(wanted) + start
+  picks = np.arange(end - start) if wanted is None else np.asarray(wanted)  # within the span
+  if record["store"] == "file":
+    return decode_bytes(record["data"], record.get("path", ""), picks + start)
   if record["store"] == "array":  # decoded frames held in memory (the TFDS source)
     video = np.asarray(record["data"])[start:end]
-    return video if wanted is None else video[np.asarray(wanted)]
-  if record["store"] == "raw":
+  else:  # "raw": the span's frames, stored as they are
     video = np.frombuffer(record["data"], np.uint8).reshape(
-        record["end"] - record["start"], record["height"], record["width"], 3)
-    return video if wanted is None else video[np.asarray(wanted)]
-  return decode_bytes(record["data"], record.get("path", ""),
-                      np.arange(start, end) if wanted_abs is None else wanted_abs)
+        end - start, record["height"], record["width"], 3)
+  return video if wanted is None else video[picks]
 
 
 def decode_bytes(data: bytes, name: str, indices: np.ndarray) -> np.ndarray:

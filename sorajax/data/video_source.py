@@ -15,6 +15,7 @@ nearest-aspect assignment keeps it within half a step between neighbouring bucke
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -35,16 +36,16 @@ class Sampling:
       raise ValueError(f"data.frame_stride={self.stride} must be >= 1 and data.fps={self.fps} "
                        ">= 0 (0: use the stride)")
 
-  def step(self, source_fps: float) -> float:
-    """Source frames per sampled frame."""
-    return source_fps / self.fps if self.fps and source_fps else float(self.stride)
+  def step(self, source_fps) -> np.ndarray:
+    """Source frames per sampled frame (per clip, for arrays of rates); a rate of 0 (unknown)
+    takes the stride."""
+    source_fps = np.asarray(source_fps, np.float64)
+    return np.where((self.fps > 0) & (source_fps > 0), source_fps / max(self.fps, 1e-9),
+                    float(self.stride))
 
   def span(self, frames: int, source_fps) -> np.ndarray:
-    """Source frames a clip of `frames` sampled frames covers (per clip, for arrays of rates)."""
-    source_fps = np.asarray(source_fps, np.float64)
-    step = np.where((self.fps > 0) & (source_fps > 0), source_fps / max(self.fps, 1e-9),
-                    float(self.stride))
-    return np.floor((frames - 1) * step).astype(int) + 1
+    """Source frames a clip of `frames` sampled frames covers."""
+    return np.floor((frames - 1) * self.step(source_fps)).astype(int) + 1
 
   def indices(self, start: int, frames: int, source_fps: float) -> np.ndarray:
     return start + np.floor(np.arange(frames) * self.step(source_fps)).astype(int)
@@ -101,7 +102,7 @@ class ClipSource:
   def __len__(self) -> int:
     return len(self.indices)
 
-  @property
+  @functools.cached_property
   def fingerprint(self) -> str:
     """Names the examples: the dataset's contents, the records, size, sampling and seed."""
     identity = [getattr(self.dataset, "fingerprint", self.dataset.directory), list(self.size),
