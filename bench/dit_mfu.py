@@ -51,20 +51,19 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
 
 
 def flops_ratio(objective, config) -> float:
-  """Analytic forward FLOPs over XLA's count for the denoiser's forward on one training batch."""
+  """Analytic forward FLOPs over XLA's count for the DiT's forward on one training batch (text
+  embeddings given: a frozen encoder is not part of the trained model)."""
   d = config.data
-  dit = objective.denoiser.dit
-  denoiser = objective.denoiser.clone(dit=dit.clone(scan_unroll=dit.depth))
+  dit = objective.dit.clone(scan_unroll=objective.dit.depth)
   batch = config.train.batch_size
   latents = jnp.zeros((batch,) + objective.latent_shape(d.frames, d.height, d.width))
-  tokens = jnp.zeros((batch, d.text_max_length), jnp.int32)
+  context = jnp.zeros((batch, d.text_max_length, objective.text_width))
   mask = jnp.ones((batch, d.text_max_length), bool)
   t = jnp.zeros((batch,))
-  params = jax.eval_shape(denoiser.init, jax.random.key(0), latents, t, tokens, mask)
-  cost = jax.jit(denoiser.apply).lower(params, latents, t, tokens, mask).cost_analysis()
+  params = jax.eval_shape(dit.init, jax.random.key(0), latents, t, context, mask)
+  cost = jax.jit(dit.apply).lower(params, latents, t, context, mask).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  analytic = batch * (dit.forward_flops(latents.shape[1:], d.text_max_length, config.text.hidden)
-                      + objective.denoiser.text.forward_flops(d.text_max_length))
+  analytic = batch * dit.forward_flops(latents.shape[1:], d.text_max_length, objective.text_width)
   return analytic / cost["flops"]
 
 

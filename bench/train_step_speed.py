@@ -38,7 +38,8 @@ def time_steps(config, steps: int, workdir: str):
   optimizer = state_lib.make_optimizer(config.train)
   state, shardings = state_lib.init_sharded_state(
       objective.init_params, optimizer, config.train.ema_decay, jax.random.key(0), mesh, rules)
-  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_sources)
+  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_sources,
+                                  objective.prompt_table)
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
   step = step_lib.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
   rng = jax.random.key(1)

@@ -26,6 +26,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sorajax import configuration
+from sorajax.models import text_encoders
 from sorajax.parallel import collectives
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
@@ -70,6 +71,24 @@ def abstract_vae(vae_config, mesh):
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), params), 0
 
 
+def abstract_text(config, mesh):
+  """A frozen text encoder's weights as shapes replicated on `mesh` (None for the learned encoder,
+  whose weights train with the DiT). Its config.json and tokenizer.json must be at hand."""
+  kind = config.text.get("encoder", "learned")
+  if kind == "learned":
+    return None
+  try:
+    encoder = text_encoders.pretrained(kind, config.text.get("weights", ""),
+                                       config.data.text_max_length)
+  except ValueError as e:
+    raise configuration.ConfigError(str(e)) from e
+  ids = jnp.zeros((1, 2), jnp.int32)
+  params = jax.eval_shape(lambda: encoder.module.init(jax.random.key(0), ids, ids > -1))["params"]
+  replicated = mesh_lib.replicated(mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                      mesh_lib.strip_boxes(params))
+
+
 def _abstract_batch(objective, config, mesh) -> dict:
   d, size = config.data, config.train.batch_size
   def spec(shape, dtype):
@@ -88,7 +107,10 @@ def _abstract_frozen(objective, config, mesh):
     return None
   channels = objective.latent_channels
   stat = jax.ShapeDtypeStruct((channels,), jnp.float32, sharding=replicated)
-  return {"vae": objective.frozen["vae"], "latent_mean": stat, "latent_std": stat}
+  frozen = {"vae": objective.frozen["vae"], "latent_mean": stat, "latent_std": stat}
+  if "text" in objective.frozen:
+    frozen["text"] = objective.frozen["text"]
+  return frozen
 
 
 def compile_train_step(config, mesh, vae_config=None):
@@ -100,6 +122,7 @@ def compile_train_step(config, mesh, vae_config=None):
       raise configuration.ConfigError("a DiT step needs the VAE's shapes: pass --vae_config "
                                       "(a VAE config file or a VAE run's config.json)")
     kwargs["vae"] = abstract_vae(vae_config, mesh)
+    kwargs["text_params"] = abstract_text(config, mesh)
   objective = objectives.build_objective(config, mesh, **kwargs)
   rules = mesh_lib.logical_rules(config.logical_rules)
   optimizer = state_lib.make_optimizer(config.train)

@@ -5,6 +5,8 @@ r"""Judge a DiT run on the built-in world's held-out prompts (the last step of `
 Samples every held-out prompt (never seen in training) with several seeds, asks the world's judge
 whether each video shows the prompt's color, shape and motion, and writes
   <out>/videos/*.mp4|gif, <out>/contact_sheet.png, <out>/report.json and <out>/report.md.
+The same prompts are judged again worded with other words (--paraphrased; shapes.PARAPHRASES):
+a text encoder that knows language follows them, one that learned only the captions' words not.
 A run trained with frame conditioning (flow.given_frames) is also judged in every prompting mode
 (sorajax/evaluate_modes.py): image -> video, extension both ways, connect, loop, edit and a
 minute-long rollout, each with a contact sheet <out>/modes/<mode>.png and a table in the report.
@@ -34,6 +36,9 @@ _MODE_SEEDS = flags.DEFINE_integer("mode_seeds", 2, "Samples per held-out prompt
 _GIVEN_NOISE = flags.DEFINE_float(
     "given_noise", None, "Prompting modes: noise level the given frames are shown at (default: the "
     "run's sample.given_noise).")
+_PARAPHRASED = flags.DEFINE_bool(
+    "paraphrased", True, "Also judge the held-out prompts worded with other words (shapes.paraphrase): "
+    "does the text encoder know words the captions never use?")
 _ROLLOUT_SECONDS = flags.DEFINE_float("rollout_seconds", 60.0, "Length of the judged rollouts.")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
@@ -44,21 +49,23 @@ PACE = ("travel", "evenness")  # measured for left/right/up/down movers (shapes_
 
 
 def evaluate_heldout(generator, seeds: int, batch: int, steps=None, guidance=None, stage_frames=None,
-                     sampler=None):
-  """Generates and judges every held-out prompt `seeds` times; returns (rows, videos)."""
+                     sampler=None, paraphrased: bool = False):
+  """Generates and judges every held-out prompt `seeds` times; returns (rows, videos).
+  `paraphrased`: each prompt is worded with other words (shapes.paraphrase, a wording per seed)."""
   background = "black"
   prompts = shapes.held_out_prompts(background)
   jobs = [(prompt, seed) for prompt in prompts for seed in range(seeds)]
   rows, videos = [], []
   for start in range(0, len(jobs), batch):
     chunk = jobs[start:start + batch]
-    out = generator.generate([p.caption for p, _ in chunk], [s for _, s in chunk],
+    captions = [shapes.paraphrase(p, s) if paraphrased else p.caption for p, s in chunk]
+    out = generator.generate(captions, [s for _, s in chunk],
                              steps=steps, guidance=guidance, stage_frames=stage_frames,
                              sampler=sampler)
-    for (prompt, seed), video in zip(chunk, out):
+    for (prompt, seed), caption, video in zip(chunk, captions, out):
       verdict = shapes_judge.judge_prompt(video, prompt)
       paces = [o["details"] for o in verdict["objects"] if "travel" in o["details"]]
-      rows.append({"caption": prompt.caption, "seed": seed, "prompt": prompt.to_json(),
+      rows.append({"caption": caption, "seed": seed, "prompt": prompt.to_json(),
                    **{name: verdict[name] for name in ATTRIBUTES},
                    **{name: [d[name] for d in paces] for name in PACE}})
       videos.append(video)
@@ -116,6 +123,22 @@ def write_report(out: str, rows, videos, summary, info, extra_lines=()) -> None:
   os.replace(tmp, os.path.join(out, "report.md"))
 
 
+def write_paraphrased(out: str, rows, videos, summary) -> list[str]:
+  """A contact sheet of the paraphrased samples; returns the report's markdown lines."""
+  video_io.write_png(os.path.join(out, "paraphrased_sheet.png"),
+                     video_io.upscale(video_io.contact_sheet(videos), 2))
+  lines = ["", "## Paraphrased held-out prompts", "",
+           "The same prompts in words no training caption uses (shapes.PARAPHRASES), judged "
+           "against what they mean; `paraphrased_sheet.png`.", "",
+           "| attribute | accuracy |", "|---|---|"]
+  lines += [f"| {name} | {100 * summary[name]:.1f}% |" for name in ATTRIBUTES]
+  mark = lambda v: "yes" if v else ("n/a" if v is None else "no")
+  lines += ["", "| caption | seed | color | shape | motion |", "|---|---|---|---|---|"]
+  lines += [f"| {r['caption']} | {r['seed']} | {mark(r['color'])} | {mark(r['shape'])} | "
+            f"{mark(r['motion'])} |" for r in rows]
+  return lines
+
+
 MODE_TITLES = {
     "animate": "image -> video (first frame of a rendered clip)",
     "extend": "extend forward (one chunk)",
@@ -171,6 +194,13 @@ def main(argv):
           "guidance": generator.config.sample.guidance if _GUIDANCE.value is None else _GUIDANCE.value}
   trained_modes = any(p > 0 for p in generator.objective.given_frames.values())
   extra = []
+  if _PARAPHRASED.value:
+    os.makedirs(out, exist_ok=True)
+    para_rows, para_videos = evaluate_heldout(generator, _SEEDS.value, _BATCH.value, _STEPS.value,
+                                              _GUIDANCE.value, _STAGE_FRAMES.value,
+                                              _SAMPLER.value, paraphrased=True)
+    info["paraphrased"] = summarise(para_rows)
+    extra += write_paraphrased(out, para_rows, para_videos, info["paraphrased"])
   if _MODES.value or (_MODES.value is None and trained_modes):
     from sorajax import evaluate_modes  # pylint: disable=import-outside-toplevel
     start = time.perf_counter()
@@ -181,11 +211,14 @@ def main(argv):
     modes = evaluate_modes.evaluate_modes(generator, _MODE_SEEDS.value, settings,
                                           seconds=_ROLLOUT_SECONDS.value)
     info["modes"] = {mode: result["metrics"] for mode, result in modes.items()}
-    extra = write_modes(out, modes, time.perf_counter() - start)
+    extra += write_modes(out, modes, time.perf_counter() - start)
     for mode, metrics in info["modes"].items():
       print(f"{mode}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
   write_report(out, rows, videos, summary, info, extra)
   print("held-out accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary.items()))
+  if "paraphrased" in info:
+    print("paraphrased accuracy: " + ", ".join(f"{k} {100 * v:.1f}%"
+                                                for k, v in info["paraphrased"].items()))
   print("pace: " + ", ".join(f"{k} {_two_places(v)}" for k, v in info["pace"].items()))
   print(f"report: {os.path.join(out, 'report.md')}")
 

@@ -16,6 +16,7 @@ frame is ever given).
 from __future__ import annotations
 
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -60,22 +61,32 @@ class VideoGenerator:
     self.objective.prepare(workdir)
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
     self.coder = vae_chunked.ChunkedCoder(self.objective.vae, self.frozen["vae"], DECODE_CHUNK)
+    if self.objective.text_encoder is not None:
+      # Prompts embedded once per run folder: later calls and later jobs look them up. Only the
+      # first process writes, and only where it may (a read-only run folder still samples).
+      directory = os.path.join(workdir, objectives.PROMPTS_DIR)
+      self.prompts = self.objective.prompt_embeddings(directory)
+      writable = os.access(workdir, os.W_OK) and (not os.path.exists(directory)
+                                                  or os.access(directory, os.W_OK))
+      self._prompts_dir = directory if writable and jax.process_index() == 0 else None
 
   @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
-  def _generate(self, params, frozen, tokens, token_mask, latent_shape, sampler, steps, guidance,
+  def _generate(self, params, frozen, prompt, null_prompt, latent_shape, sampler, steps, guidance,
                 shift, stage_frames, start, given_time, seeds, given, given_latents, source):
+    """`prompt` and `null_prompt`: (text embeddings, mask) of the captions and of the empty one."""
     def noise(stage):  # sample i's first stage draws from key(seed_i), later ones from folds of it
       key = lambda s: jax.random.key(s) if stage == 0 else jax.random.fold_in(jax.random.key(s), stage)
       correlation = self.objective.frame_noise_correlation  # the prior the run was trained from
       return jax.vmap(lambda s: flow.frame_noise(key(s), latent_shape, correlation, frame_axis=0))(
           seeds)
-    null_tokens, null_mask = (jnp.asarray(a) for a in self.objective.null_tokens)
 
     def velocity(x, t, conditional):  # conditional (n,): prompt or null prompt, per example
-      repeat = x.shape[0] // tokens.shape[0]  # 2 when guidance doubles the batch
-      pick = lambda real, null: jnp.where(conditional[:, None], jnp.tile(real, (repeat, 1)), null)
-      return self.objective.velocity(params, x, t, pick(tokens, null_tokens),
-                                     pick(token_mask, null_mask))
+      repeat = x.shape[0] // prompt[1].shape[0]  # 2 when guidance doubles the batch
+
+      def pick(real, null):
+        rest = (1,) * (real.ndim - 1)
+        return jnp.where(conditional.reshape((-1,) + rest), jnp.tile(real, (repeat,) + rest), null)
+      return self.objective.velocity(params, x, t, *map(pick, prompt, null_prompt))
 
     solve = samplers.get_sampler(sampler)
 
@@ -159,15 +170,34 @@ class VideoGenerator:
       raise ConfigError(f"staged sampling (stage_frames={stage_frames}) needs a run trained with "
                         "flow.given_frames.prefix > 0 (or .first, for one given frame); "
                         "sample with --stage_frames=0")
-    tokens, mask = self.objective.tokenizer.encode_batch(captions)
     if given is not None:
       given = jnp.asarray(given, bool)
+    prompt, null_prompt = self.prompt_context(captions), self.prompt_context([""])
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      return self._generate(self.params, self.frozen, jnp.asarray(tokens), jnp.asarray(mask),
+      return self._generate(self.params, self.frozen, prompt, null_prompt,
                             tuple(latent_shape), sampler, steps, float(guidance), shift,
                             int(stage_frames), start, float(given_noise),
                             jnp.asarray(seeds, jnp.uint32), given,
                             given_latents, source)
+
+  def prompt_context(self, captions: list[str]) -> tuple[jax.Array, jax.Array]:
+    """(text embeddings (N, L, D), mask (N, L)) of `captions`: a frozen encoder's from the
+    prompt-embedding cache (encoding only captions it has not seen), the learned one's computed."""
+    if self.objective.text_encoder is None:
+      tokens, mask = self.objective.tokenizer.encode_batch(captions)
+      with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+        context = self._learned_context(self.params, jnp.asarray(tokens), jnp.asarray(mask))
+      return context, jnp.asarray(mask)
+    if len(captions) > 1:  # one warning for the batch; lookups then cut quietly
+      self.objective.tokenizer.encode_batch(captions)
+    if self.prompts.add(captions, self.objective.encode_prompts) and self._prompts_dir:
+      self.prompts.save(self._prompts_dir, "sampling")
+    context, mask = self.prompts.lookup(captions)
+    return jnp.asarray(context), jnp.asarray(mask)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def _learned_context(self, params, tokens, mask):
+    return self.objective.text_context(params, None, tokens, mask)
 
   def check_given_noise(self, level: float) -> None:
     """Given frames can be shown noised only up to the level the run was trained with."""

@@ -10,7 +10,9 @@ encoded, and the run checks that the latents came from its VAE. Each bucket's cl
 shards of --clips_per_shard; process p of n encodes shards p, p+n, ... on its first device.
 Shards written by an earlier run with the same clips and VAE are kept, so an interrupted job
 resumes; the process that finds every shard done writes dataset.json. Layout:
-sorajax/data/latent_records.py.
+sorajax/data/latent_records.py. With a frozen text encoder (text.encoder minilm or t5) each shard's
+captions are embedded too, into prompt_embeddings/ (data/prompt_embeddings.py), so training runs
+no text encoder either; precomputing again for another encoder keeps the latents.
 """
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ def _fingerprint(config, bucket, source, indices: range, vae_workdir: str, vae_s
   return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _prompt_table(objective, directory: str, base: str) -> str:
+  """Where a shard's caption embeddings go: named by the encoder and the shard."""
+  return os.path.join(directory, f"{objective.text_encoder.fingerprint}-{os.path.basename(base)}.npz")
+
+
 def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int = 0,
                process_count: int = 1, max_clips: int = 0, batch_size: int = 16) -> dict | None:
   """Writes this process's latent shards; returns dataset.json's contents once every shard of
@@ -55,6 +62,9 @@ def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int
   objective = objectives.DiTObjective(config, mesh)
   vae_workdir = os.path.realpath(config.vae_workdir)
   os.makedirs(out, exist_ok=True)
+  # A frozen text encoder's caption embeddings, one table per shard (data/prompt_embeddings.py).
+  prompts_dir = (os.path.join(out, objectives.PROMPTS_DIR) if objective.text_encoder is not None
+                 else None)
   buckets, shards = {}, []  # shards: (base, fingerprint) of every shard of every bucket
   for bucket in objective.buckets:
     source = pipeline.make_source(config.data, "train", config.seed, bucket.size)
@@ -65,13 +75,25 @@ def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int
       base = latent_records.shard_base(out, bucket.name, index)
       fingerprint = _fingerprint(config, bucket, source, part, vae_workdir, objective.vae_step)
       shards.append((base, fingerprint))
-      if index % process_count == process_index and not records.finished_shard(base, fingerprint):
+      if index % process_count != process_index:
+        continue
+      captions = None
+      if not records.finished_shard(base, fingerprint):
         encoded = latent_cache.encode_source(objective.vae_latents, source, part, batch_size)
         latent_records.write_shard(base, encoded.captions, encoded.latents, fingerprint)
+        captions = encoded.captions
+      if prompts_dir and not os.path.isfile(_prompt_table(objective, prompts_dir, base)):
+        table = objective.prompt_embeddings()
+        table.add(latent_records.shard_captions(base) if captions is None else captions,
+                  objective.encode_prompts)
+        table.save(prompts_dir, os.path.basename(base))
     buckets[bucket.name] = {"clips": clips, "shards": count,
                             "latent_shape": list(objective.latent_shape(*bucket.size))}
   # Only now, after this process's own shards: the others' may have finished meanwhile.
   if not all(records.finished_shard(base, fingerprint) for base, fingerprint in shards):
+    return None
+  if prompts_dir and not all(os.path.isfile(_prompt_table(objective, prompts_dir, base))
+                             for base, _ in shards):
     return None
   info = {"format": latent_records.FORMAT, "version": latent_records.VERSION,
           "vae_workdir": vae_workdir, "vae_step": objective.vae_step, "buckets": buckets}

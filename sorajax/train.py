@@ -59,7 +59,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # ---------------------------------------------------------------------------------------------
   objective = objectives.build_objective(config, mesh)
   objective.prepare(workdir)
-  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_sources)
+  batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_sources,
+                                  objective.prompt_table)
   frozen = jax.device_put(objective.frozen, mesh_lib.replicated(mesh))
 
   # ---------------------------------------------------------------------------------------------

@@ -87,9 +87,14 @@ def test_missing_and_misshapen_tensors_are_named(tmp_path):
   tensors = _hf_tensors(TINY)
   tensors["encoder.layer.0.intermediate.dense.weight"] = np.zeros((8, 16), np.float32)
   save_file(tensors, str(tmp_path / "b.safetensors"))
-  with pytest.raises(ValueError, match=r"intermediate.dense.weight give shape \(16, 8\) for "
-                                       r"block_0/mlp_in/kernel, expected \(16, 32\)"):
+  with pytest.raises(ValueError, match=r"intermediate.dense.weight of shape \(8, 16\) do not fit "
+                                       r"block_0/mlp_in/kernel \(16, 32\)"):
     bert.load_safetensors(str(tmp_path / "b.safetensors"), TINY)
+  tensors = _hf_tensors(TINY)
+  tensors["encoder.layer.1.attention.self.key.weight"] = np.zeros((16, 12), np.float32)
+  save_file(tensors, str(tmp_path / "c.safetensors"))
+  with pytest.raises(ValueError, match=r"attention.self.key.weight, .* of shape .*\(16, 12\)"):
+    bert.load_safetensors(str(tmp_path / "c.safetensors"), TINY)
   with pytest.raises(ValueError, match="does not exist"):
     bert.load_safetensors(str(tmp_path / "none.safetensors"), TINY)
 

@@ -1,4 +1,5 @@
 """Preparing a video folder as ArrayRecord shards, and training clips read back from them."""
+import glob
 import itertools
 import json
 import os
@@ -264,8 +265,24 @@ def test_precomputed_latents_equal_the_vae_and_train_the_dit(folder, tmp_path, v
   direct = objective.vae_latents(np.stack([clips[i]["video"] for i in range(7)]))
   np.testing.assert_allclose(np.stack([stored[i]["latents"] for i in range(7)]), direct,
                              atol=1e-5)
-  assert [stored[i]["caption"] for i in range(7)] == [clips[i]["caption"] for i in range(7)]
-  # The DiT trains from the latents alone: reading a pixel clip would fail.
+  captions = [clips[i]["caption"] for i in range(7)]
+  assert [stored[i]["caption"] for i in range(7)] == captions
+  # For a frozen text encoder, precomputing again keeps the latents and embeds each shard's
+  # captions; dataset.json waits for every shard's embeddings.
+  config.text.encoder = "minilm"
+  shards = sorted(glob.glob(os.path.join(out, "*.array_record")))
+  written = [os.path.getmtime(path) for path in shards]
+  assert precompute.precompute(config, out, clips_per_shard=2, process_index=0,
+                               process_count=2) is None
+  assert precompute.precompute(config, out, clips_per_shard=2, process_index=1,
+                               process_count=2) is not None
+  assert [os.path.getmtime(path) for path in shards] == written
+  minilm = objectives.DiTObjective(config, objective.mesh)
+  table = minilm.prompt_embeddings(os.path.join(out, objectives.PROMPTS_DIR))
+  ids, mask = minilm.tokenizer.encode_batch(captions)
+  np.testing.assert_allclose(table.lookup(captions)[0], minilm.encode_prompts(ids, mask),
+                             atol=1e-5)
+  # The DiT trains from the latents and cached embeddings alone: reading a pixel clip would fail.
   config.data.latent_records = out
   monkeypatch.setattr(video_source.ClipSource, "__getitem__", None)
   train.train_and_evaluate(config, str(tmp_path / "dit"))

@@ -252,3 +252,40 @@ def test_edges_are_anti_aliased():
   video = shapes.render_prompt(_prompt(("red", "circle", "static")), 1, 64, 64)
   reds = np.unique(video[0, :, :, 0])
   assert len(reds) > 4  # partial coverage gives in-between shades
+
+
+def test_paraphrases_use_no_caption_word_and_say_every_attribute():
+  vocabulary = set(shapes.caption_vocabulary(reworded=True)) - {"a", "and"}
+  names = list(shapes.COLORS) + list(shapes.SHAPES) + list(shapes.MOTIONS) + list(shapes.BACKGROUNDS)
+  assert set(shapes.PARAPHRASES) == set(names)
+  prompt = shapes.Prompt((shapes.ObjectSpec("red", "circle", "left"),
+                          shapes.ObjectSpec("cyan", "triangle", "bouncing")), "navy")
+  for variant in (0, 1):
+    text = shapes.paraphrase(prompt, variant)
+    assert not vocabulary & set(text.split()), text  # other words, but for a and and
+    for name in ("red", "circle", "left", "cyan", "triangle", "bouncing", "navy"):
+      assert shapes.PARAPHRASES[name][variant] in text
+  assert shapes.paraphrase(prompt, 0) != shapes.paraphrase(prompt, 1)
+
+
+def test_reworded_captions_name_the_same_scene_in_training_words():
+  plain = shapes.ShapesWorld(frames=3, height=16, width=16, max_objects=3, seed=4)
+  reworded = shapes.ShapesWorld(frames=3, height=16, width=16, max_objects=3, seed=4,
+                                rewording=0.5)
+  vocabulary = shapes.caption_vocabulary(reworded=True)
+  assert vocabulary[:len(shapes.caption_vocabulary())] == shapes.caption_vocabulary()  # ids kept
+  changed = 0
+  for i in range(40):
+    a, b = plain[i], reworded[i]
+    np.testing.assert_array_equal(a["video"], b["video"])
+    assert a["prompt"] == b["prompt"]
+    assert set(b["caption"].split()) <= set(vocabulary)
+    changed += a["caption"] != b["caption"]
+  assert 10 <= changed <= 30  # about half
+  assert reworded[7]["caption"] == reworded[7]["caption"]  # a pure function of the index
+  count = lambda text: len(text.split())
+  longest = count(shapes.longest_caption(3, count, reworded=True))
+  assert max(count(reworded[i]["caption"]) for i in range(200)) <= longest
+  assert count(shapes.longest_caption(3, count)) == shapes.max_caption_words(3)
+  with pytest.raises(ValueError, match=r"rewording=1.5 must be a share in \[0, 1\]"):
+    shapes.ShapesWorld(frames=3, height=16, width=16, rewording=1.5)

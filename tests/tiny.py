@@ -23,6 +23,8 @@ def tiny_config(path: str, steps: int = 2, **overrides):
     config.data.latent_cache = 0  # tests that want one ask for it
   if "buckets" in config.data:
     config.data.buckets = ""  # one clip size (one compile per test run) unless a test asks
+  if "text" in config:
+    config.text.encoder = "learned"  # tests of the pretrained encoders ask for them
   if "flow" in config:
     config.flow.latent_stats_batches = 1
     for mode in config.flow.given_frames:  # 5-frame clips have 2 latent frames: tests ask for modes

@@ -53,6 +53,13 @@ def write_shard(base: str, captions, latents: np.ndarray, fingerprint: str) -> N
                                              "fingerprint": fingerprint, "clips": len(latents)})
 
 
+def shard_captions(base: str) -> list[str]:
+  """The captions of a written shard, in order (for its prompt embeddings)."""
+  import grain.python as grain  # pylint: disable=import-outside-toplevel
+  source = grain.ArrayRecordDataSource([base + ".array_record"])
+  return [msgpack.unpackb(source[i], raw=False)["caption"] for i in range(len(source))]
+
+
 def read_info(directory: str) -> dict:
   path = os.path.join(directory, records.DATASET_FILE)
   if not os.path.isfile(path):

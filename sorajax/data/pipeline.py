@@ -31,7 +31,8 @@ def make_source(data: ml_collections.ConfigDict, split: str, seed: int,
   if data.source == "shapes":
     return shapes.ShapesWorld(
         frames=frames, height=height, width=width, split=split,
-        min_objects=data.min_objects, max_objects=data.max_objects, seed=seed)
+        min_objects=data.min_objects, max_objects=data.max_objects, seed=seed,
+        rewording=data.get("caption_rewording", 0.0) if split == "train" else 0.0)
   if data.source in ("records", "tfds"):  # python -m sorajax.prepare's folder, or a TFDS dataset
     try:
       return video_source.from_config(data, (frames, height, width), seed, split)
@@ -41,15 +42,18 @@ def make_source(data: ml_collections.ConfigDict, split: str, seed: int,
 
 
 class EncodeExample(grain.MapTransform):
-  """Keeps the arrays a train step needs: the uint8 video (or pre-encoded latents) and, given a
-  tokenizer, caption tokens."""
+  """Keeps the arrays a train step needs: the uint8 video (or pre-encoded latents) and the
+  caption's tokens from `tokenizer`, or its cached text embeddings from `prompt_table`
+  (data/prompt_embeddings.py) with the token mask."""
 
-  def __init__(self, tokenizer=None):
-    self._tokenizer = tokenizer
+  def __init__(self, tokenizer=None, prompt_table=None):
+    self._tokenizer, self._prompt_table = tokenizer, prompt_table
 
   def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
     out = {name: example[name] for name in ("video", "latents") if name in example}
-    if self._tokenizer is not None:
+    if self._prompt_table is not None:
+      out["text_embedding"], out["token_mask"] = self._prompt_table[example["caption"]]
+    elif self._tokenizer is not None:
       out["tokens"], out["token_mask"] = self._tokenizer.encode(example["caption"])
     return out
 
@@ -84,8 +88,8 @@ def per_process_batch_size(global_batch_size: int, mesh, what: str = "train.batc
   return global_batch_size // batch_share(mesh)[1]
 
 
-def make_loader(source, *, batch_size: int, seed: int, tokenizer=None, shuffle: bool = True,
-                num_epochs: int | None = None, worker_count: int = 0,
+def make_loader(source, *, batch_size: int, seed: int, tokenizer=None, prompt_table=None,
+                shuffle: bool = True, num_epochs: int | None = None, worker_count: int = 0,
                 share: tuple[int, int] | None = None) -> grain.DataLoader:
   """A grain DataLoader over share `share` = (index, count) of the source (see `batch_share`);
   None: the source already holds only this process's examples (a latent cache).
@@ -101,7 +105,8 @@ def make_loader(source, *, batch_size: int, seed: int, tokenizer=None, shuffle: 
   sampler = grain.IndexSampler(
       num_records=len(source), shard_options=shard,
       shuffle=shuffle, num_epochs=num_epochs, seed=seed)
-  operations = [EncodeExample(tokenizer), grain.Batch(batch_size, drop_remainder=True)]
+  operations = [EncodeExample(tokenizer, prompt_table),
+                grain.Batch(batch_size, drop_remainder=True)]
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                           worker_count=worker_count)
 
@@ -164,11 +169,11 @@ def train_buckets(config: ml_collections.ConfigDict) -> list[buckets_lib.Bucket]
 
 
 def train_batches(config: ml_collections.ConfigDict, mesh, tokenizer=None,
-                  local_sources: list | None = None) -> BucketedBatches:
+                  local_sources: list | None = None, prompt_table=None) -> BucketedBatches:
   """The training stream the trainer consumes, one grain stream per bucket: from `local_sources`
   (per bucket; a latent cache holding this process's examples, or latent records that the loader
   shards over processes) if given, else from the configured source at each bucket's size,
-  sharded over processes."""
+  sharded over processes. Captions become tokens, or cached embeddings given a `prompt_table`."""
   buckets = train_buckets(config)
   streams = []
   for i, bucket in enumerate(buckets):
@@ -177,7 +182,7 @@ def train_batches(config: ml_collections.ConfigDict, mesh, tokenizer=None,
                                                          bucket.size)
     what = "train.batch_size" if len(buckets) == 1 else f"the batch of bucket {bucket.name}"
     loader = make_loader(source, batch_size=per_process_batch_size(bucket.batch_size, mesh, what),
-                         seed=config.seed + i, tokenizer=tokenizer,
+                         seed=config.seed + i, tokenizer=tokenizer, prompt_table=prompt_table,
                          worker_count=config.data.worker_count,
                          share=(None if getattr(local, "process_local", False)
                                 else batch_share(mesh)))

@@ -112,13 +112,37 @@ class Prompt:
 # ---------------------------------------------------------------------------
 
 
-def caption_vocabulary() -> list[str]:
-  """Every word any caption can contain, sorted."""
+def caption_vocabulary(reworded: bool = False) -> list[str]:
+  """Every word any caption can contain, sorted; `reworded`: then the words of REWORDINGS and
+  REWORDED_FRAMES, sorted after them (so the plain captions' words keep their places)."""
   words = {"a", "and", "on", "background"}
   words.update(COLORS, SHAPES, BACKGROUNDS)
   for phrase in _MOTION_PHRASES.values():
     words.update(phrase.split())
-  return sorted(words)
+  if not reworded:
+    return sorted(words)
+  more = {w for options in REWORDINGS.values() for phrase in options for w in phrase.split()}
+  more.update(w for frame in REWORDED_FRAMES for w in frame.split() if "{" not in w)
+  return sorted(words) + sorted(more - words)
+
+
+def longest_caption(max_objects: int, count, reworded: bool = False) -> str:
+  """The caption with up to `max_objects` objects that `count` (a tokenizer's token count) finds
+  longest, taking in each slot its longest choice (captions tokenize word by word)."""
+  longest = lambda options: max(options, key=count)
+  choices = lambda name, plain: (plain,) + (REWORDINGS[name] if reworded else ())
+  color = longest([w for c in COLORS for w in choices(c, c)])
+  shape = longest([w for s in SHAPES for w in choices(s, s)])
+  motion = longest([w for m in MOTIONS for w in choices(m, _MOTION_PHRASES[m])])
+  background = longest([w for b in BACKGROUNDS for w in choices(b, b)])
+  objects = " and ".join([f"a {color} {shape} {motion}"] * max_objects)
+  frames = REWORDED_FRAMES if reworded else (_PLAIN_FRAME,)
+  return longest([f.format(objects=objects, background=background) for f in frames])
+
+
+def motion_phrases() -> list[str]:
+  """How captions say each motion."""
+  return list(_MOTION_PHRASES.values())
 
 
 def max_caption_words(max_objects: int) -> int:
@@ -196,6 +220,60 @@ def is_held_out(obj: ObjectSpec) -> bool:
 
 def all_triples() -> list[ObjectSpec]:
   return [ObjectSpec(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS]
+
+
+# Other wordings training captions may take (ShapesWorld's `rewording`), so that a model learns
+# that several words mean one color, shape or motion. None of them is a PARAPHRASES word: the
+# paraphrased prompts stay unseen.
+REWORDINGS = {
+    "red": ("ruby", "cherry"), "green": ("jade", "grassy"), "blue": ("sapphire", "ultramarine"),
+    "yellow": ("canary", "sunflower"), "cyan": ("teal", "peacock"),
+    "magenta": ("purple", "violet"),
+    "square": ("cube", "tile"), "circle": ("dot", "orb"), "triangle": ("arrowhead", "cone"),
+    "left": ("sliding leftward", "gliding to the left"),
+    "right": ("sliding rightward", "gliding to the right"),
+    "up": ("ascending", "floating upward"), "down": ("descending", "dropping downward"),
+    "static": ("stationary", "frozen in place"), "bouncing": ("bounding", "springing repeatedly"),
+    "black": ("ebony", "inky"), "gray": ("slate", "charcoal"), "navy": ("ink", "deep"),
+    "brown": ("coffee", "walnut"),
+}
+_PLAIN_FRAME = "{objects} on a {background} background"
+REWORDED_FRAMES = (_PLAIN_FRAME, "{objects} over a {background} background",
+                   "{objects} in front of a {background} background")
+
+
+def reword(prompt: Prompt, rng: np.random.Generator) -> str:
+  """`prompt`'s caption with each word kept or swapped for a REWORDINGS one, in a drawn frame."""
+  pick = lambda name, plain: ((plain,) + REWORDINGS[name])[rng.integers(3)]
+  objects = " and ".join(
+      f"a {pick(o.color, o.color)} {pick(o.shape, o.shape)} "
+      f"{pick(o.motion, _MOTION_PHRASES[o.motion])}" for o in prompt.objects)
+  frame = REWORDED_FRAMES[rng.integers(len(REWORDED_FRAMES))]
+  return frame.format(objects=objects, background=pick(prompt.background, prompt.background))
+
+
+# Other words for every color, shape, motion and background, none of them a caption word: prompts
+# in them ask whether a text encoder knows words the world's captions never use (evaluate.py).
+PARAPHRASES = {
+    "red": ("crimson", "scarlet"), "green": ("emerald", "lime"), "blue": ("azure", "cobalt"),
+    "yellow": ("golden", "lemon"), "cyan": ("turquoise", "aqua"),
+    "magenta": ("fuchsia", "pink"),
+    "square": ("box", "block"), "circle": ("disc", "ball"), "triangle": ("wedge", "pyramid"),
+    "left": ("heading west", "drifting westward"), "right": ("heading east", "drifting eastward"),
+    "up": ("rising", "climbing skyward"), "down": ("falling", "plunging"),
+    "static": ("motionless", "at rest"), "bouncing": ("hopping around", "ricocheting about"),
+    "black": ("dark", "jet"), "gray": ("grey", "ash"), "navy": ("midnight", "indigo"),
+    "brown": ("chocolate", "umber"),
+}
+
+
+def paraphrase(prompt: Prompt, variant: int) -> str:
+  """`prompt` in other words (PARAPHRASES, choice `variant` mod 2), e.g. "one crimson disc heading
+  west against a dark backdrop"."""
+  word = lambda name: PARAPHRASES[name][variant % 2]
+  objects = " and ".join(f"one {word(o.color)} {word(o.shape)} {word(o.motion)}"
+                         for o in prompt.objects)
+  return f"{objects} against a {word(prompt.background)} backdrop"
 
 
 def held_out_prompts(background: str = "black") -> list[Prompt]:
@@ -403,7 +481,7 @@ class ShapesWorld:
 
   def __init__(self, *, frames: int, height: int, width: int, split: str = "train",
                max_objects: int = 3, min_objects: int = 1, seed: int = 0,
-               num_examples: int = 1_000_000):
+               num_examples: int = 1_000_000, rewording: float = 0.0):
     _check_name("split", split, _SPLITS)
     _check_size(frames, height, width)
     if not 1 <= min_objects <= max_objects <= len(COLORS):
@@ -414,6 +492,9 @@ class ShapesWorld:
     self.min_objects, self.max_objects = min_objects, max_objects
     self.seed = seed
     self.num_examples = num_examples
+    if not 0.0 <= rewording <= 1.0:
+      raise ValueError(f"rewording={rewording} must be a share in [0, 1]")
+    self.rewording = rewording  # share of captions worded with REWORDINGS (see `reword`)
 
   def __len__(self) -> int:
     return self.num_examples
@@ -422,7 +503,8 @@ class ShapesWorld:
     # Stable across runs: grain stores it in checkpoints to check a resumed run reads the same data.
     return (f"ShapesWorld(frames={self.frames}, height={self.height}, width={self.width}, "
             f"split={self.split!r}, min_objects={self.min_objects}, "
-            f"max_objects={self.max_objects}, seed={self.seed}, num_examples={self.num_examples})")
+            f"max_objects={self.max_objects}, seed={self.seed}, num_examples={self.num_examples}"
+            + (f", rewording={self.rewording})" if self.rewording else ")"))
 
   def _sample_prompt(self, rng: np.random.Generator) -> Prompt:
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
@@ -450,4 +532,9 @@ class ShapesWorld:
     prompt, placements = self.scene(index)
     video = draw(placements, prompt.background, frames=self.frames, height=self.height,
                  width=self.width)
-    return {"video": video, "caption": prompt.caption, "prompt": prompt}
+    caption = prompt.caption
+    if self.rewording:  # its own stream, so the scenes stay those of the plain world
+      rng = np.random.default_rng([self.seed, _SPLITS[self.split], index, 1])
+      if rng.random() < self.rewording:
+        caption = reword(prompt, rng)
+    return {"video": video, "caption": caption, "prompt": prompt}

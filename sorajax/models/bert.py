@@ -90,7 +90,7 @@ class BertEncoder(nn.Module):
     return x
 
 
-def _hf_names(config: BertConfig) -> dict[str, tuple[tuple[str, ...], callable]]:
+def _hf_names(config: BertConfig) -> dict[tuple[str, ...], tuple[tuple[str, ...], callable]]:
   """Our parameter path -> (the Hugging Face tensor names it is built from, how to build it)."""
   c, head_dim = config, config.hidden // config.heads
   linear = lambda w: w.T  # HF stores linear weights (out, in)
@@ -135,7 +135,11 @@ def load_safetensors(path: str, config: BertConfig) -> dict:
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise ValueError(f"weights file {path!r} does not exist")
-  tensors = {name.removeprefix("bert."): value for name, value in load_file(path).items()}
+  try:
+    tensors = {name.removeprefix("bert."): value for name, value in load_file(path).items()}
+  except TypeError as e:  # NumPy has no bfloat16
+    raise ValueError(f"{path} cannot be read as NumPy arrays ({e}); convert bfloat16 weights "
+                     "to float32 first") from None
   expected = jax.eval_shape(
       lambda: BertEncoder(config).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
                                        jnp.ones((1, 2), bool)))["params"]
@@ -146,11 +150,15 @@ def load_safetensors(path: str, config: BertConfig) -> dict:
     if missing:
       raise ValueError(f"{path} has no tensor {missing[0]}; is it a BERT model of this config "
                        f"({config})?")
-    value = np.asarray(build(*(tensors[s] for s in sources)), np.float32)
     want = _get(expected, ours).shape
-    if value.shape != want:
-      raise ValueError(f"{path}: {', '.join(sources)} give shape {value.shape} for "
-                       f"{'/'.join(ours)}, expected {want}; the config does not match the weights")
+    try:
+      value = np.asarray(build(*(tensors[s] for s in sources)), np.float32)
+    except ValueError:  # a q, k, v or out weight of the wrong size does not even reshape
+      value = None
+    if value is None or value.shape != want:
+      got = ", ".join(str(tensors[s].shape) for s in sources)
+      raise ValueError(f"{path}: {', '.join(sources)} of shape {got} do not fit "
+                       f"{'/'.join(ours)} {want}; the config does not match the weights")
     _set(params, ours, value)
     used.update(sources)
   extra = sorted(n for n in tensors if n not in used and not n.startswith(_UNUSED_PREFIXES))

@@ -1,4 +1,7 @@
-"""The trainable text-to-video velocity model: a text encoder feeding a DiT's cross-attention."""
+"""The learned text encoder and the DiT as one module: how a run with text.encoder="learned"
+initialises its {"text", "dit"} parameters (one seed, the same weights as ever). Training and
+sampling apply the two parts apart (training/objectives.py), so a caption is encoded once per
+sample, not once per sampler step."""
 from __future__ import annotations
 
 import flax.linen as nn

@@ -44,6 +44,10 @@ class WordTokenizer:
   def vocab_size(self) -> int:
     return len(self.tokens)
 
+  def count(self, text: str) -> int:
+    """Tokens `text` takes, bos included, before truncation."""
+    return 1 + len(split_words(text))
+
   def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 (max_length,), mask bool (max_length,)); bos first, truncated, pad-filled."""
     ids = [BOS] + [self._ids.get(word, UNK) for word in split_words(text)]

@@ -24,11 +24,13 @@ import ml_collections
 import numpy as np
 
 from sorajax.configuration import ConfigError, load_saved_config, write_json_atomic
-from sorajax.data import latent_cache, latent_records, pipeline, shapes, video_io
+from sorajax.data import latent_cache, latent_records, pipeline, prompt_embeddings, shapes
+from sorajax.data import video_io
 from sorajax.models import discriminator as disc_lib
 from sorajax.models import dit as dit_lib
 from sorajax.models import factors
 from sorajax.models import text as text_lib
+from sorajax.models import text_encoders
 from sorajax.models import vae as vae_lib
 from sorajax.models.denoiser import TextToVideo
 from sorajax.diffusion import flow
@@ -40,6 +42,7 @@ from sorajax.training import reconstruction
 from sorajax.training import state as state_lib
 
 LATENT_STATS_FILE = "latent_stats.json"
+PROMPTS_DIR = "prompt_embeddings"  # cached text embeddings of a frozen encoder, in a workdir
 
 
 def pixels_to_unit(video: jax.Array) -> jax.Array:
@@ -94,6 +97,7 @@ class VAEObjective:
   tokenizer = None
   frozen = {}
   train_sources = None  # the pipeline renders its own
+  prompt_table = None
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     self.mesh = mesh
@@ -246,17 +250,39 @@ class DiTObjective:
   (diffusion/frame_conditioning.py) to the share of examples that get those frames clean.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh, vae=None):
-    """`vae`: (VAE config, VAE params, step) in place of restoring `config.vae_workdir`; ahead-of-
-    time compiles pass abstract params (sorajax/aot.py)."""
+  def __init__(self, config: ml_collections.ConfigDict, mesh, vae=None, text_params=None):
+    """`vae`: (VAE config, VAE params, step) in place of restoring `config.vae_workdir`, and
+    `text_params` in place of loading a pretrained text encoder's weights; ahead-of-time compiles
+    pass abstract params (sorajax/aot.py)."""
     self.config = config
     d = config.data
-    needed = 1 + shapes.max_caption_words(d.max_objects)  # +1: the bos token
-    if d.text_max_length < needed:
-      # Truncation would drop objects from captions while the videos still show them.
-      raise ConfigError(f"data.text_max_length={d.text_max_length} truncates captions of up to "
-                        f"{d.max_objects} objects ({needed} tokens); set "
-                        f"--config.data.text_max_length={needed} or more")
+    # Runs saved before pretrained encoders trained their own ("learned").
+    self.text_encoder = None  # a frozen pretrained encoder, or None for the learned one
+    kind = config.text.get("encoder", "learned")
+    if kind == "learned":
+      reworded = d.get("caption_rewording", 0.0) > 0  # 0 in runs saved before it
+      self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(reworded),
+                                              d.text_max_length)
+      self.text_module = text_lib.TextEncoder(
+          vocab_size=self.tokenizer.vocab_size, hidden=config.text.hidden, depth=config.text.depth,
+          num_heads=config.text.num_heads, max_length=d.text_max_length, dtype=_dtype(config))
+      self.text_width = config.text.hidden
+    else:
+      try:
+        self.text_encoder = text_encoders.pretrained(kind, config.text.get("weights", ""),
+                                                     d.text_max_length, _dtype(config))
+      except ValueError as e:
+        raise ConfigError(str(e)) from e
+      self.tokenizer, self.text_width = self.text_encoder.tokenizer, self.text_encoder.width
+    if d.source == "shapes":
+      needed = self.tokenizer.count(shapes.longest_caption(
+          d.max_objects, self.tokenizer.count, d.get("caption_rewording", 0.0) > 0))
+      if d.text_max_length < needed:
+        # Truncation would drop objects from captions while the videos still show them.
+        raise ConfigError(f"data.text_max_length={d.text_max_length} truncates captions of up to "
+                          f"{d.max_objects} objects ({needed} tokens); set "
+                          f"--config.data.text_max_length={needed} or more")
+    self.null_tokens = self.tokenizer.encode("")
     self.vae_config, vae_params, self.vae_step = vae or restore_inference_params(
         config.vae_workdir, mesh)
     self.vae = build_vae(self.vae_config)
@@ -264,21 +290,15 @@ class DiTObjective:
     self.spatial_factor = self.vae_config.vae.spatial_factor
     self.latent_channels = self.vae_config.vae.latent_channels
     self.mesh, self.rules = mesh, mesh_lib.logical_rules(config.logical_rules)
-    self.tokenizer = text_lib.WordTokenizer(shapes.caption_vocabulary(), d.text_max_length)
-    self.null_tokens = self.tokenizer.encode("")
-    self.denoiser = TextToVideo(
-        text=text_lib.TextEncoder(vocab_size=self.tokenizer.vocab_size, hidden=config.text.hidden,
-                                  depth=config.text.depth, num_heads=config.text.num_heads,
-                                  max_length=d.text_max_length, dtype=_dtype(config)),
-        dit=dit_lib.get_dit(config.dit.variant, patch=tuple(config.dit.patch),
-                            out_channels=self.latent_channels, attention=config.dit.attention,
-                            positions=config.dit.get("positions", "sincos"),  # runs saved before rope
-                            pooled_text=config.dit.get("pooled_text", False),
-                            text_attention=config.dit.get("text_attention", "cross"),
-                            remat=config.dit.get("remat", "none"),
-                            scan_unroll=config.dit.get("scan_unroll", 1),
-                            context_parallel=config.dit.get("context_parallel", "ulysses"),
-                            dtype=_dtype(config)))
+    self.dit = dit_lib.get_dit(config.dit.variant, patch=tuple(config.dit.patch),
+                               out_channels=self.latent_channels, attention=config.dit.attention,
+                               positions=config.dit.get("positions", "sincos"),  # runs before rope
+                               pooled_text=config.dit.get("pooled_text", False),
+                               text_attention=config.dit.get("text_attention", "cross"),
+                               remat=config.dit.get("remat", "none"),
+                               scan_unroll=config.dit.get("scan_unroll", 1),
+                               context_parallel=config.dit.get("context_parallel", "ulysses"),
+                               dtype=_dtype(config))
     self.check_shape(d.frames, d.height, d.width)
     self.buckets = pipeline.train_buckets(config)
     for bucket in self.buckets:
@@ -302,7 +322,12 @@ class DiTObjective:
     _checked(flow.length_shift, float(config.flow.get("time_shift", 1.0)), 1,
              self.shift_reference_tokens)
     self.frozen = {"vae": vae_params, "latent_mean": None, "latent_std": None}
+    if self.text_encoder is not None:
+      self.frozen["text"] = text_params or self.text_encoder.load_params()
     self.train_sources = None  # per bucket, set by `prepare` when data.latent_cache > 0
+    # Cached text embeddings of the training captions (frozen encoders; set by `prepare` for
+    # latent caches and precomputed latents): batches then carry embeddings, not tokens.
+    self.prompt_table = None
 
   def check_shape(self, frames: int, height: int, width: int) -> None:
     """Pixels must fit the VAE's factors, the latent grid the DiT's patch, and its tokens the
@@ -314,7 +339,7 @@ class DiTObjective:
 
   def _check_context_split(self, frames: int, height: int, width: int) -> None:
     """A clip's self-attention sequence must split over the mesh's context axis."""
-    dit = self.denoiser.dit
+    dit = self.dit
     tokens = self.num_tokens(self.latent_shape(frames, height, width))
     if dit.text_attention == "joint":
       tokens += self.config.data.text_max_length
@@ -349,9 +374,49 @@ class DiTObjective:
     self.frozen["latent_std"] = jnp.asarray(std, jnp.float32)
     if self.config.data.get("latent_records", ""):
       self.train_sources = [self._latent_records(b) for b in self.buckets]
+      if self.text_encoder is not None:
+        self.prompt_table = self._precomputed_prompts()
     elif self.config.data.get("latent_cache", 0) > 0:
       self.train_sources = [self._latent_cache(workdir, b, len(self.buckets) > 1)
                             for b in self.buckets]
+      if self.text_encoder is not None:
+        self.prompt_table = self.prompt_embeddings(os.path.join(workdir, PROMPTS_DIR))
+        for source in self.train_sources:
+          self.prompt_table.add(source.captions, self.encode_prompts)
+        self.prompt_table.save(os.path.join(workdir, PROMPTS_DIR),
+                               f"latent-cache-{jax.process_index()}")
+
+  # -- a frozen text encoder's embeddings, cached per caption (data/prompt_embeddings.py).
+  def prompt_embeddings(self, directory: str | None = None) -> prompt_embeddings.PromptEmbeddings:
+    """An empty table for this run's frozen encoder, filled from `directory`'s tables if given."""
+    table = prompt_embeddings.PromptEmbeddings(self.text_encoder.fingerprint, self.tokenizer,
+                                               self.text_width)
+    if directory:
+      try:
+        table.load(directory)
+      except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return table
+
+  def encode_prompts(self, ids: np.ndarray, mask: np.ndarray) -> jax.Array:
+    """Token rows -> the frozen encoder's embeddings, on this process's first device."""
+    if not hasattr(self, "_prompt_encoder"):
+      device = jax.local_devices()[0]
+      params = jax.device_put(self.frozen["text"], device)
+      encode = jax.jit(self.text_encoder.apply)
+      self._prompt_encoder = lambda i, m: encode(params, jax.device_put(i, device),
+                                                 jax.device_put(m, device))
+    return self._prompt_encoder(ids, mask)
+
+  def _precomputed_prompts(self) -> prompt_embeddings.PromptEmbeddings:
+    """The embeddings `sorajax.precompute` stored for this encoder next to the latents."""
+    directory = os.path.join(self.config.data.latent_records, PROMPTS_DIR)
+    table = self.prompt_embeddings(directory)
+    if not len(table):
+      raise ConfigError(f"{self.config.data.latent_records} has no text embeddings of this run's "
+                        f"encoder (text.encoder={self.config.text.encoder!r}); precompute again "
+                        "with this run's config")
+    return table
 
   def _latent_records(self, bucket) -> latent_records.LatentRecords:
     """One bucket of a latent dataset written by sorajax.precompute, checked against this run's
@@ -447,20 +512,26 @@ class DiTObjective:
     return latents * frozen["latent_std"] + frozen["latent_mean"]
 
   def init_params(self, rng):
+    """{"text": ..., "dit": ...} with the learned encoder, {"dit": ...} with a frozen one."""
     d = self.config.data
     latents = jnp.zeros((1,) + self.latent_shape(d.frames, d.height, d.width))
     tokens, mask = (jnp.asarray(a)[None] for a in self.null_tokens)
-    return self.denoiser.init(rng, latents, jnp.zeros((1,)), tokens, mask)["params"]
+    if self.text_encoder is None:  # one module, so a seed keeps giving the same weights
+      return TextToVideo(self.text_module, self.dit).init(rng, latents, jnp.zeros((1,)), tokens,
+                                                          mask)["params"]
+    context = jnp.zeros(tokens.shape + (self.text_width,))
+    return {"dit": self.dit.init(rng, latents, jnp.zeros((1,)), context, mask)["params"]}
 
   def train_flops(self, bucket) -> int:
-    """3x the forward FLOPs (forward + backward) of the DiT and the text encoder per example."""
+    """3x the forward FLOPs (forward + backward) of the DiT and a learned text encoder per example;
+    a frozen encoder's forward is not counted (it runs once per caption, or is cached)."""
     latent_shape = self.latent_shape(*bucket.size)
     length = self.config.data.text_max_length
     per_frame = any(p > 0 for p in frame_conditioning.usable(self.given_frames,
                                                               latent_shape[0]).values())
-    forward = (self.denoiser.dit.forward_flops(latent_shape, length, self.config.text.hidden,
-                                               per_frame)
-               + self.denoiser.text.forward_flops(length))
+    forward = self.dit.forward_flops(latent_shape, length, self.text_width, per_frame)
+    if self.text_encoder is None:
+      forward += self.text_module.forward_flops(length)
     return 3 * bucket.batch_size * forward
 
   def model_params(self, params):
@@ -474,8 +545,15 @@ class DiTObjective:
   def finish(self, params, workdir: str) -> None:
     del params, workdir
 
-  def velocity(self, params, latents, t, tokens, token_mask):
-    return self.denoiser.apply({"params": params}, latents, t, tokens, token_mask)
+  def text_context(self, params, frozen, tokens, token_mask) -> jax.Array:
+    """Caption tokens (B, L) -> the embeddings the DiT attends to (B, L, text_width), zero at
+    padding: the learned encoder's (trained) or the frozen one's."""
+    if self.text_encoder is None:
+      return self.text_module.apply({"params": params["text"]}, tokens, token_mask)
+    return self.text_encoder.apply(frozen["text"], tokens, token_mask)
+
+  def velocity(self, params, latents, t, context, context_mask):
+    return self.dit.apply({"params": params["dit"]}, latents, t, context, context_mask)
 
   def loss(self, params, frozen, batch, rng, step):
     del step
@@ -488,12 +566,23 @@ class DiTObjective:
     modes = frame_conditioning.usable(self.given_frames, x0.shape[1])
     if any(p > 0 for p in modes.values()):
       given = frame_conditioning.sample_given(given_rng, x0.shape[0], x0.shape[1], modes)
-    tokens, mask = batch["tokens"], batch["token_mask"]
-    drop = jax.random.bernoulli(drop_rng, self.config.flow.caption_dropout, (tokens.shape[0], 1))
-    tokens = jnp.where(drop, jnp.asarray(self.null_tokens[0])[None], tokens)
-    mask = jnp.where(drop, jnp.asarray(self.null_tokens[1])[None], mask)
+    mask = batch["token_mask"]
+    drop = jax.random.bernoulli(drop_rng, self.config.flow.caption_dropout, (mask.shape[0], 1))
+    null_tokens, null_mask = (jnp.asarray(a)[None] for a in self.null_tokens)
+    if "text_embedding" in batch:  # looked up in the prompt-embedding cache
+      context = batch["text_embedding"]
+    else:
+      tokens = batch["tokens"]
+      if self.text_encoder is None:  # dropped before the encoder, which trains on the null caption
+        tokens = jnp.where(drop, null_tokens, tokens)
+        mask = jnp.where(drop, null_mask, mask)
+      context = self.text_context(params, frozen, tokens, mask)
+    if self.text_encoder is not None:
+      null_context = self.text_context(params, frozen, null_tokens, null_mask)
+      context = jnp.where(drop[..., None], null_context, context)
+      mask = jnp.where(drop, null_mask, mask)
     loss, metrics = flow.flow_matching_loss(
-        lambda x_t, t: self.velocity(params, x_t, t, tokens, mask), x0, flow_rng,
+        lambda x_t, t: self.velocity(params, x_t, t, context, mask), x0, flow_rng,
         self.config.flow.logit_mean, self.config.flow.logit_std, given,
         self.frame_noise_correlation, self.config.flow.get("contrast_weight", 0.0),
         self.motion_weight, self.time_shift(self.config.flow.get("time_shift", 1.0), x0.shape[1:]),
