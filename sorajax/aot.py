@@ -89,16 +89,27 @@ def abstract_text(config, mesh):
                       mesh_lib.strip_boxes(params))
 
 
+def _cached_prompts(objective, config) -> bool:
+  """Whether training batches carry cached text embeddings instead of tokens (a frozen encoder
+  with a latent cache or precomputed latents; objectives.DiTObjective.prepare)."""
+  return (getattr(objective, "text_encoder", None) is not None
+          and (config.data.get("latent_records", "") or config.data.get("latent_cache", 0) > 0))
+
+
 def _abstract_batch(objective, config, mesh) -> dict:
   d, size = config.data, config.train.batch_size
   def spec(shape, dtype):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=mesh_lib.batch_sharding(mesh, len(shape)))
   if config.objective == "vae":
     return {"video": spec((size, d.frames, d.height, d.width, 3), jnp.uint8)}
-  return {"latents": spec((size,) + objective.latent_shape(d.frames, d.height, d.width),
-                          jnp.float32),
-          "tokens": spec((size, d.text_max_length), jnp.int32),
-          "token_mask": spec((size, d.text_max_length), jnp.bool_)}
+  batch = {"latents": spec((size,) + objective.latent_shape(d.frames, d.height, d.width),
+                           jnp.float32),
+           "token_mask": spec((size, d.text_max_length), jnp.bool_)}
+  if _cached_prompts(objective, config):
+    batch["text_embedding"] = spec((size, d.text_max_length, objective.text_width), jnp.float32)
+  else:
+    batch["tokens"] = spec((size, d.text_max_length), jnp.int32)
+  return batch
 
 
 def _abstract_frozen(objective, config, mesh):
@@ -108,8 +119,11 @@ def _abstract_frozen(objective, config, mesh):
   channels = objective.latent_channels
   stat = jax.ShapeDtypeStruct((channels,), jnp.float32, sharding=replicated)
   frozen = {"vae": objective.frozen["vae"], "latent_mean": stat, "latent_std": stat}
-  if "text" in objective.frozen:
-    frozen["text"] = objective.frozen["text"]
+  if objective.text_encoder is not None:
+    frozen["null_context"] = jax.ShapeDtypeStruct(
+        (1, config.data.text_max_length, objective.text_width), jnp.float32, sharding=replicated)
+    if not _cached_prompts(objective, config):
+      frozen["text"] = objective.frozen["text"]
   return frozen
 
 

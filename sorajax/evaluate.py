@@ -37,8 +37,9 @@ _GIVEN_NOISE = flags.DEFINE_float(
     "given_noise", None, "Prompting modes: noise level the given frames are shown at (default: the "
     "run's sample.given_noise).")
 _PARAPHRASED = flags.DEFINE_bool(
-    "paraphrased", True, "Also judge the held-out prompts worded with other words (shapes.paraphrase): "
-    "does the text encoder know words the captions never use?")
+    "paraphrased", None, "Also judge the held-out prompts worded with other words "
+    "(shapes.paraphrase): does the text encoder know words the captions never use? (default: "
+    "for runs on a pretrained text encoder)")
 _ROLLOUT_SECONDS = flags.DEFINE_float("rollout_seconds", 60.0, "Length of the judged rollouts.")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
@@ -194,7 +195,8 @@ def main(argv):
           "guidance": generator.config.sample.guidance if _GUIDANCE.value is None else _GUIDANCE.value}
   trained_modes = any(p > 0 for p in generator.objective.given_frames.values())
   extra = []
-  if _PARAPHRASED.value:
+  if _PARAPHRASED.value or (_PARAPHRASED.value is None
+                            and generator.objective.text_encoder is not None):
     os.makedirs(out, exist_ok=True)
     para_rows, para_videos = evaluate_heldout(generator, _SEEDS.value, _BATCH.value, _STEPS.value,
                                               _GUIDANCE.value, _STAGE_FRAMES.value,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import uuid
 
 import flax.linen as nn
 import jax
@@ -65,10 +66,13 @@ class VideoGenerator:
       # Prompts embedded once per run folder: later calls and later jobs look them up. Only the
       # first process writes, and only where it may (a read-only run folder still samples).
       directory = os.path.join(workdir, objectives.PROMPTS_DIR)
-      self.prompts = self.objective.prompt_embeddings(directory)
+      self.prompts = self.objective.prompt_table  # the training captions', if prepare loaded them
+      if self.prompts is None or self.config.data.get("latent_records", ""):
+        self.prompts = self.objective.prompt_embeddings(directory)
       writable = os.access(workdir, os.W_OK) and (not os.path.exists(directory)
                                                   or os.access(directory, os.W_OK))
       self._prompts_dir = directory if writable and jax.process_index() == 0 else None
+      self._prompts_tag = f"sampling-{uuid.uuid4().hex[:12]}"  # one file per generator
 
   @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
   def _generate(self, params, frozen, prompt, null_prompt, latent_shape, sampler, steps, guidance,
@@ -188,10 +192,9 @@ class VideoGenerator:
       with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
         context = self._learned_context(self.params, jnp.asarray(tokens), jnp.asarray(mask))
       return context, jnp.asarray(mask)
-    if len(captions) > 1:  # one warning for the batch; lookups then cut quietly
-      self.objective.tokenizer.encode_batch(captions)
+    self.objective.tokenizer.warn_long(captions)
     if self.prompts.add(captions, self.objective.encode_prompts) and self._prompts_dir:
-      self.prompts.save(self._prompts_dir, "sampling")
+      self.prompts.save(self._prompts_dir, self._prompts_tag)
     context, mask = self.prompts.lookup(captions)
     return jnp.asarray(context), jnp.asarray(mask)
 

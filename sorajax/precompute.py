@@ -11,8 +11,8 @@ shards of --clips_per_shard; process p of n encodes shards p, p+n, ... on its fi
 Shards written by an earlier run with the same clips and VAE are kept, so an interrupted job
 resumes; the process that finds every shard done writes dataset.json. Layout:
 sorajax/data/latent_records.py. With a frozen text encoder (text.encoder minilm or t5) each shard's
-captions are embedded too, into prompt_embeddings/ (data/prompt_embeddings.py), so training runs
-no text encoder either; precomputing again for another encoder keeps the latents.
+captions are embedded too, into prompt_embeddings/ (data/prompt_embeddings.py), so training looks
+them up instead of running the encoder; precomputing again for another encoder keeps the latents.
 """
 from __future__ import annotations
 
@@ -35,17 +35,14 @@ from sorajax.training import objectives
 def _fingerprint(config, bucket, source, indices: range, vae_workdir: str, vae_step: int) -> str:
   """What a shard is encoded from: the clips (a prepared dataset's source names its contents and
   the bucket's members), the data settings, the slice and the VAE."""
+  # text_max_length changes neither clips nor captions: another text encoder keeps the latents.
   data = {k: v for k, v in config.data.to_dict().items()
-          if k not in ("worker_count", "latent_cache", "latent_records", "buckets")}
+          if k not in ("worker_count", "latent_cache", "latent_records", "buckets",
+                       "text_max_length")}
   text = json.dumps(dict(data=data, bucket=bucket.name, seed=config.seed, vae=vae_workdir,
                          vae_step=vae_step, clips=[indices.start, indices.stop],
                          source=getattr(source, "fingerprint", None)), sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _prompt_table(objective, directory: str, base: str) -> str:
-  """Where a shard's caption embeddings go: named by the encoder and the shard."""
-  return os.path.join(directory, f"{objective.text_encoder.fingerprint}-{os.path.basename(base)}.npz")
 
 
 def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int = 0,
@@ -82,7 +79,10 @@ def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int
         encoded = latent_cache.encode_source(objective.vae_latents, source, part, batch_size)
         latent_records.write_shard(base, encoded.captions, encoded.latents, fingerprint)
         captions = encoded.captions
-      if prompts_dir and not os.path.isfile(_prompt_table(objective, prompts_dir, base)):
+      # A rewritten shard may hold other captions: its table is rewritten with it.
+      table_path = prompts_dir and objectives.prompt_table_path(prompts_dir, objective.text_encoder,
+                                                                base)
+      if prompts_dir and (captions is not None or not os.path.isfile(table_path)):
         table = objective.prompt_embeddings()
         table.add(latent_records.shard_captions(base) if captions is None else captions,
                   objective.encode_prompts)
@@ -92,8 +92,8 @@ def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int
   # Only now, after this process's own shards: the others' may have finished meanwhile.
   if not all(records.finished_shard(base, fingerprint) for base, fingerprint in shards):
     return None
-  if prompts_dir and not all(os.path.isfile(_prompt_table(objective, prompts_dir, base))
-                             for base, _ in shards):
+  if prompts_dir and not all(os.path.isfile(objectives.prompt_table_path(
+      prompts_dir, objective.text_encoder, base)) for base, _ in shards):
     return None
   info = {"format": latent_records.FORMAT, "version": latent_records.VERSION,
           "vae_workdir": vae_workdir, "vae_step": objective.vae_step, "buckets": buckets}

@@ -139,7 +139,7 @@ def test_sampling_embeds_a_prompt_once_per_run_folder(minilm_dit):
   first = VideoGenerator(minilm_dit)
   videos = first.generate([prompt], [0], steps=2)
   stored = os.listdir(os.path.join(minilm_dit, "prompt_embeddings"))
-  assert any(name.endswith("-sampling.npz") for name in stored)
+  assert any("-sampling-" in name for name in stored)
   assert videos.shape == (1, 5, 16, 16, 3)
   second = VideoGenerator(minilm_dit)
   assert prompt in second.prompts  # loaded, not encoded again

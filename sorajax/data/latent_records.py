@@ -86,8 +86,8 @@ class LatentRecords:
                        f"{bucket}; precompute with this run's data.buckets")
     self.directory, self.bucket, self.info = directory, bucket, info
     entry = info["buckets"][bucket]
-    self._paths = [shard_base(directory, bucket, i) + ".array_record"
-                   for i in range(entry["shards"])]
+    self.shard_bases = [shard_base(directory, bucket, i) for i in range(entry["shards"])]
+    self._paths = [base + ".array_record" for base in self.shard_bases]
     self._count = entry["clips"]
     self._source = None
 

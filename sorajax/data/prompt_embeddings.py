@@ -4,8 +4,8 @@ A frozen encoder gives the same embeddings for a caption every time, so training
 sampling look them up instead of running the encoder again. A table is tied to one encoder by its
 fingerprint (weights and token length, text_encoders.PretrainedEncoder.fingerprint); in a folder it
 lives as files named `<fingerprint>-<tag>.npz`, each written whole under a temporary name and then
-renamed. Writers use distinct tags (a process, a shard), so concurrent jobs never share a file; a
-load merges every file of the fingerprint.
+renamed. Writers use distinct tags (a process, a shard, a sampler), so concurrent jobs never share
+a file; a load merges every file of the fingerprint.
 
 Rows are stored without their padding and padded back to the encoder's length on lookup.
 """
@@ -61,7 +61,8 @@ class PromptEmbeddings:
     new = list(dict.fromkeys(c for c in map(str, captions) if c not in self._rows))
     for start in range(0, len(new), batch_size):
       chunk = new[start:start + batch_size]
-      ids, mask = self.tokenizer.encode_batch(chunk + [""] * (batch_size - len(chunk)))
+      ids, mask = self.tokenizer.encode_batch(chunk + [""] * (batch_size - len(chunk)),
+                                              warn=False)  # callers warn about their prompts
       out = np.asarray(jax.device_get(encode(ids, mask)), np.float32)
       for i, caption in enumerate(chunk):
         self._rows[caption] = out[i, : mask[i].sum()]
@@ -92,13 +93,15 @@ class PromptEmbeddings:
                                               f"{self.fingerprint}-*.npz"))):
       if ".npz." in os.path.basename(path):  # another writer's temporary file
         continue
-      with np.load(path) as stored:
-        if stored["embeddings"].shape[1:] != (self.width,):
-          raise ValueError(f"{path} holds embeddings {stored['embeddings'].shape[1:]} wide, this "
-                           f"encoder's are {self.width}; delete it")
-        offsets = np.concatenate([[0], np.cumsum(stored["lengths"])])
-        for i, caption in enumerate(stored["captions"].tolist()):
-          if caption not in self._rows:
-            self._rows[caption] = stored["embeddings"][offsets[i]:offsets[i + 1]]
-            self._file[caption] = os.path.basename(path)
+      with np.load(path) as stored:  # each key access reads its whole array: once each
+        embeddings, lengths = stored["embeddings"], stored["lengths"]
+        captions = stored["captions"].tolist()
+      if embeddings.shape[1:] != (self.width,):
+        raise ValueError(f"{path} holds embeddings {embeddings.shape[1:]} wide, this encoder's are "
+                         f"{self.width}; delete it")
+      offsets = np.concatenate([[0], np.cumsum(lengths)])
+      for i, caption in enumerate(captions):
+        if caption not in self._rows:
+          self._rows[caption] = embeddings[offsets[i]:offsets[i + 1]]
+          self._file[caption] = os.path.basename(path)
     return len(self._rows)

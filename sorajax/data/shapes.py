@@ -140,11 +140,6 @@ def longest_caption(max_objects: int, count, reworded: bool = False) -> str:
   return longest([f.format(objects=objects, background=background) for f in frames])
 
 
-def motion_phrases() -> list[str]:
-  """How captions say each motion."""
-  return list(_MOTION_PHRASES.values())
-
-
 def max_caption_words(max_objects: int) -> int:
   """Words in the longest caption with up to `max_objects` objects (size text inputs by this)."""
   longest_phrase = 3 + max(len(phrase.split()) for phrase in _MOTION_PHRASES.values())

@@ -3,7 +3,8 @@ safetensors: token embeddings for the DiT's cross-attention.
 
 The layout follows BERT: word + position + token-type embeddings and a LayerNorm, then post-norm
 blocks (self-attention with biases, exact-erf GELU MLP), each residual followed by LayerNorm.
-Parameters carry the DiT's logical axis names, so the encoder shards with the same rules.
+Parameters carry the DiT's logical axis names. Loaded weights are plain arrays, placed whole on
+each device with the VAE (a frozen encoder mostly serves the prompt-embedding cache).
 `load_safetensors` maps the Hugging Face names onto this tree and names any tensor that is missing,
 unexpected or of the wrong shape.
 """
@@ -37,13 +38,18 @@ class BertConfig:
     """A Hugging Face BERT config.json."""
     with open(path) as f:
       c = json.load(f)
+    if c.get("model_type", "bert") != "bert":
+      raise ValueError(f"{path}: model_type {c.get('model_type')!r} is not a BERT encoder")
     if c.get("hidden_act", "gelu") != "gelu" or c.get("position_embedding_type",
                                                       "absolute") != "absolute":
       raise ValueError(f"{path}: only gelu activations and absolute positions are supported, got "
                        f"{c.get('hidden_act')} / {c.get('position_embedding_type')}")
-    return cls(c["vocab_size"], c["hidden_size"], c["num_hidden_layers"],
-               c["num_attention_heads"], c["intermediate_size"], c["max_position_embeddings"],
-               c.get("type_vocab_size", 2), c.get("layer_norm_eps", 1e-12))
+    try:
+      return cls(c["vocab_size"], c["hidden_size"], c["num_hidden_layers"],
+                 c["num_attention_heads"], c["intermediate_size"], c["max_position_embeddings"],
+                 c.get("type_vocab_size", 2), c.get("layer_norm_eps", 1e-12))
+    except KeyError as e:
+      raise ValueError(f"{path} has no {e.args[0]}; is it a BERT config.json?") from None
 
 
 class BertBlock(nn.Module):

