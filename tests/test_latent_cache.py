@@ -68,11 +68,13 @@ def test_dit_loss_from_cached_latents_equals_loss_from_pixels(vae_workdir, tmp_p
   world = pipeline.make_source(config.data, "train", config.seed)
   videos = np.stack([world[i]["video"] for i in range(8)])
   tokens, mask = objective.tokenizer.encode_batch([str(c) for c in cache.captions])
-  params = objective.init_params(jax.random.key(0))
+  # Under jit, as the trainer runs them: op by op, every operation compiles on its own.
+  params = jax.jit(objective.init_params)(jax.random.key(0))
   text = {"tokens": tokens, "token_mask": mask}
   rng = jax.random.key(3)
-  from_pixels, _ = objective.loss(params, objective.frozen, {"video": videos, **text}, rng, 0)
-  from_cache, _ = objective.loss(params, objective.frozen, {"latents": cache.latents, **text}, rng, 0)
+  loss = jax.jit(objective.loss)
+  from_pixels, _ = loss(params, objective.frozen, {"video": videos, **text}, rng, 0)
+  from_cache, _ = loss(params, objective.frozen, {"latents": cache.latents, **text}, rng, 0)
   np.testing.assert_allclose(float(from_cache), float(from_pixels), rtol=1e-5)
   # The trainer's stream serves the cache as global batches over the mesh's 8 devices.
   batch = next(pipeline.train_batches(config, mesh, objective.tokenizer, [cache]))

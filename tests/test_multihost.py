@@ -1,6 +1,7 @@
 """Multi-process jobs through launch/local.py and checkpoints resumed on another mesh and device
 count. Each run is a subprocess: the device count is fixed when jax starts."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +12,14 @@ from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 from tiny import ROOT, VAE_CONFIG
 
-TINY_VAE = [sys.executable, "-m", "sorajax.train",
-            f"--config={VAE_CONFIG}:variant=tiny,frames=5,size=16,steps=4,batch=8",
-            "--config.train.checkpoint_every=2", "--config.train.log_every=1"]
+
+def _tiny_vae(steps=4):
+  """The trainer's command for the tiny VAE; it evaluates and measures latent statistics on one
+  batch of clips (the defaults, 64 and 256 clips, only cost time here)."""
+  return [sys.executable, "-m", "sorajax.train",
+          f"--config={VAE_CONFIG}:variant=tiny,frames=5,size=16,steps={steps},batch=8",
+          "--config.train.checkpoint_every=2", "--config.train.log_every=1",
+          "--config.vae.eval_clips=8", "--config.vae.latent_stats_clips=8"]
 
 
 def _run(argv, devices=8, timeout=600):
@@ -33,14 +39,13 @@ def test_two_process_job_trains_checkpoints_and_resumes_on_one_process(tmp_path)
   workdir = str(tmp_path / "vae")
   # Data parallel across the processes as across slices (DCN), FSDP within each (ICI).
   job = _run([sys.executable, "launch/local.py", "--processes", "2", "--devices_per_process", "4",
-              "--", *TINY_VAE, "--config.dcn_mesh.data=2", "--config.mesh.data=1",
+              "--", *_tiny_vae(), "--config.dcn_mesh.data=2", "--config.mesh.data=1",
               "--config.mesh.fsdp=4", f"--workdir={workdir}"])
   assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
   assert "[0] step 4/4" in job.stdout and "[1] " in job.stdout
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
   # The same checkpoint on one process with 4 devices, FSDP over 2 of them: it continues.
-  resumed = _run(TINY_VAE[:-3] + [TINY_VAE[-3].replace("steps=4", "steps=6"), *TINY_VAE[-2:],
-                                  "--config.mesh.fsdp=2", f"--workdir={workdir}"], devices=4)
+  resumed = _run(_tiny_vae(steps=6) + ["--config.mesh.fsdp=2", f"--workdir={workdir}"], devices=4)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from step 4" in resumed.stdout and "step 6/6" in resumed.stdout
   assert "data streams start afresh" in resumed.stderr
@@ -48,12 +53,14 @@ def test_two_process_job_trains_checkpoints_and_resumes_on_one_process(tmp_path)
 
 def test_saved_on_8_devices_resumed_on_4_with_another_mesh(tmp_path):
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  first = _run(TINY_VAE + ["--config.mesh.fsdp=8", f"--workdir={straight}"])
+  first = _run(_tiny_vae() + ["--config.mesh.fsdp=8", f"--workdir={straight}"])
   assert first.returncode == 0, first.stderr[-3000:]
-  half = TINY_VAE[:-3] + [TINY_VAE[-3].replace("steps=4", "steps=2"), *TINY_VAE[-2:]]
-  assert _run(half + ["--config.mesh.fsdp=8", f"--workdir={split}"]).returncode == 0
-  rest = _run(TINY_VAE + ["--config.mesh.fsdp=2", "--config.mesh.tensor=2", f"--workdir={split}"],
-              devices=4)
+  # The straight run's checkpoint at step 2 (model and data stream), alone in another workdir,
+  # continued to step 4 on 4 devices with another mesh.
+  step_2 = os.path.join("checkpoints", "2")
+  shutil.copytree(os.path.join(straight, step_2), os.path.join(split, step_2))
+  rest = _run(_tiny_vae() + ["--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+                             f"--workdir={split}"], devices=4)
   assert rest.returncode == 0, rest.stderr[-3000:]
   assert "resumed from step 2" in rest.stdout and "start afresh" not in rest.stderr
   # One process throughout, so the data stream resumed too: the weights match the straight run's
@@ -76,13 +83,12 @@ def _losses(output, prefix=""):
 def test_processes_that_share_batch_rows_read_the_same_examples(tmp_path):
   """Tensor parallelism across the two processes: both hold every batch row, so both must read
   the same share of the data; the losses then equal one process's on the same mesh shape."""
-  two = TINY_VAE[:-3] + [TINY_VAE[-3].replace("steps=4", "steps=2"), *TINY_VAE[-2:]]
   job = _run([sys.executable, "launch/local.py", "--processes", "2", "--devices_per_process", "4",
-              "--", *two, "--config.dcn_mesh.tensor=2", "--config.mesh.data=4",
+              "--", *_tiny_vae(steps=2), "--config.dcn_mesh.tensor=2", "--config.mesh.data=4",
               f"--workdir={tmp_path / 'two'}"])
   assert job.returncode == 0, job.stdout[-3000:]
-  one = _run(two + ["--config.mesh.tensor=2", "--config.mesh.data=4",
-                    f"--workdir={tmp_path / 'one'}"])
+  one = _run(_tiny_vae(steps=2) + ["--config.mesh.tensor=2", "--config.mesh.data=4",
+                                   f"--workdir={tmp_path / 'one'}"])
   assert one.returncode == 0, one.stderr[-3000:]
   assert len(_losses(one.stdout)) == 2
   assert _losses(job.stdout, "[0] ") == _losses(one.stdout)

@@ -91,8 +91,8 @@ def minilm_dit(tmp_path_factory, vae_workdir):
   from sorajax import train  # pylint: disable=import-outside-toplevel
   from tiny import DIT_CONFIG, tiny_config  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path_factory.mktemp("minilm_dit"))
-  config = tiny_config(DIT_CONFIG, steps=1, **{"text.encoder": "minilm",
-                                               "data.latent_cache": 8})
+  config = tiny_config(DIT_CONFIG, steps=1, **{"text.encoder": "minilm", "data.latent_cache": 8,
+                                               "data.text_max_length": 32})
   config.vae_workdir = vae_workdir
   train.train_and_evaluate(config, workdir)
   return workdir
@@ -102,7 +102,8 @@ def test_dit_on_minilm_loss_is_the_same_from_cached_embeddings(vae_workdir):
   from sorajax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from sorajax.training import objectives  # pylint: disable=import-outside-toplevel
   from tiny import DIT_CONFIG, tiny_config  # pylint: disable=import-outside-toplevel
-  config = tiny_config(DIT_CONFIG, **{"text.encoder": "minilm", "flow.caption_dropout": 0.5})
+  config = tiny_config(DIT_CONFIG, **{"text.encoder": "minilm", "flow.caption_dropout": 0.5,
+                                      "data.text_max_length": 32})
   config.vae_workdir = vae_workdir
   objective = objectives.DiTObjective(config, mesh_lib.make_mesh({"data": -1}))
   params = mesh_lib.strip_boxes(objective.init_params(jax.random.key(0)))

@@ -4,6 +4,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as compilation_cache_lib
 
 from sorajax import configuration
 from sorajax.data import pipeline
@@ -45,12 +46,30 @@ def test_sharded_step_matches_single_device(objective, vae_workdir, tmp_path):
                params_8, params_1)
 
 
+@pytest.fixture
+def compilation_cache(tmp_path):
+  """A persistent compilation cache of this test's own: a program compiled again (the same step
+  in another run) is loaded from it instead."""
+  previous = jax.config.jax_compilation_cache_dir
+  compilation_cache_lib.set_cache_dir(str(tmp_path / "compiled"))
+  compilation_cache_lib.reset_cache()  # the directory is read when the cache is first used
+  yield
+  compilation_cache_lib.set_cache_dir(previous)
+  compilation_cache_lib.reset_cache()
+
+
+@pytest.mark.usefixtures("compilation_cache")
 def test_checkpoint_resume_continues_identically(tmp_path):
   from sorajax import train  # pylint: disable=import-outside-toplevel
-  straight = train.train_and_evaluate(tiny_config(VAE_CONFIG, steps=4), str(tmp_path / "a"))
-  train.train_and_evaluate(tiny_config(VAE_CONFIG, steps=2), str(tmp_path / "b"))
+  # The schedule decays over max(num_steps, warmup_steps + 1) steps: with 3 warm-up steps it is
+  # the same at 2 and 4 steps, so the three runs compile the same programs (the cache serves the
+  # second and third). Evaluation and latent statistics on one batch of clips.
+  config = lambda steps: tiny_config(VAE_CONFIG, steps=steps, **{
+      "train.warmup_steps": 3, "vae.eval_clips": 8, "vae.latent_stats_clips": 8})
+  straight = train.train_and_evaluate(config(4), str(tmp_path / "a"))
+  train.train_and_evaluate(config(2), str(tmp_path / "b"))
   assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["2"]
-  resumed = train.train_and_evaluate(tiny_config(VAE_CONFIG, steps=4), str(tmp_path / "b"))
+  resumed = train.train_and_evaluate(config(4), str(tmp_path / "b"))
   assert int(resumed.step) == int(straight.step) == 4
   # Same weights only if the data stream resumed where it stopped, too.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
