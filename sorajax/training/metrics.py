@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import jax
@@ -13,6 +14,20 @@ def is_time(step: int, every: int, last_step: int | None = None) -> bool:
   return (every > 0 and step % every == 0) or step == last_step
 
 
+def _summary_writer(directory: str):
+  """tensorboardX's writer, imported without torch: where torch is installed, tensorboardX imports
+  it (about 2 s per process) only to accept torch tensors, and we log floats."""
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which it expects
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    if blocked:
+      del sys.modules["torch"]  # torch itself stays importable
+  return SummaryWriter(directory)
+
+
 class MetricsWriter:
   """TensorBoard event files under workdir/tensorboard plus one console line per log."""
 
@@ -20,8 +35,7 @@ class MetricsWriter:
     self._total, self._peak_flops = total_steps, peak_flops
     self._writer = None
     if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._writer = _summary_writer(os.path.join(workdir, "tensorboard"))
     self._last_time = time.perf_counter()
     self._last_step = None
 
