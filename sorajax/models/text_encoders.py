@@ -53,10 +53,6 @@ class SubwordTokenizer:
                 if self._whole.token_to_id(t) is not None), None)
     self.pad_id = 0 if pad is None else pad
 
-  @property
-  def vocab_size(self) -> int:
-    return self._whole.get_vocab_size()
-
   def count(self, text: str) -> int:
     """Tokens `text` takes, special tokens included, before truncation."""
     return len(self._whole.encode(text).ids)
