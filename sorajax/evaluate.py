@@ -41,6 +41,9 @@ _PARAPHRASED = flags.DEFINE_bool(
     "(shapes.paraphrase): does the text encoder know words the captions never use? (default: "
     "for runs on a pretrained text encoder)")
 _ROLLOUT_SECONDS = flags.DEFINE_float("rollout_seconds", 60.0, "Length of the judged rollouts.")
+_ROLLOUT_REFRESH = flags.DEFINE_float(
+    "rollout_refresh", None, "How far each rollout chunk is redrawn, [0, 1] (default: the run's "
+    "sample.rollout_refresh).")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
     "run's sample.stage_frames).")
@@ -180,6 +183,9 @@ def main(argv):
   generator = VideoGenerator(_WORKDIR.value)
   if _GIVEN_NOISE.value is not None:  # before the held-out samples, not after
     generator.check_given_noise(_GIVEN_NOISE.value)
+  if _ROLLOUT_REFRESH.value is not None and not 0.0 <= _ROLLOUT_REFRESH.value <= 1.0:
+    raise configuration.ConfigError(f"--rollout_refresh={_ROLLOUT_REFRESH.value} must be in [0, 1]"
+                                    "; 0 carries each chunk on as generated")
   start = time.perf_counter()
   rows, videos = evaluate_heldout(generator, _SEEDS.value, _BATCH.value, _STEPS.value,
                                   _GUIDANCE.value, _STAGE_FRAMES.value, _SAMPLER.value)
@@ -211,7 +217,8 @@ def main(argv):
     info["given_noise"] = (generator.config.sample.get("given_noise", 0.0)
                            if _GIVEN_NOISE.value is None else _GIVEN_NOISE.value)
     modes = evaluate_modes.evaluate_modes(generator, _MODE_SEEDS.value, settings,
-                                          seconds=_ROLLOUT_SECONDS.value)
+                                          seconds=_ROLLOUT_SECONDS.value,
+                                          rollout_refresh=_ROLLOUT_REFRESH.value)
     info["modes"] = {mode: result["metrics"] for mode, result in modes.items()}
     extra += write_modes(out, modes, time.perf_counter() - start)
     for mode, metrics in info["modes"].items():

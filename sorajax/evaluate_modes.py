@@ -223,17 +223,26 @@ def edit(generator, chunk, prompts, seeds, settings, strength: float) -> dict:
           "videos": list(videos)}
 
 
-def rollout(generator, chunk, prompts, settings, seconds: float, fps: int) -> dict:
+def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
+            refresh: float | None = None) -> dict:
   """Minute-long videos, one per prompt: the share of chunk-long windows (and the worst video's
   share) that still show the prompt's color and shape, over all prompts and over those whose
   motion stays in view for a minute (bouncing, standing still; the world's straight movers reach
-  a wall within two clips, and training never shows what happens there)."""
+  a wall within two clips, and training never shows what happens there). `refresh`: how far each
+  chunk is redrawn (default: the run's sample.rollout_refresh; prompting.rollout)."""
   total = round(seconds * fps)
+  if refresh is None:
+    refresh = generator.config.sample.get("rollout_refresh", 0.0)
   pieces = prompting.rollout(generator, [p.caption for p in prompts], list(range(len(prompts))),
-                             total, chunk=chunk, **settings)
+                             total, chunk=chunk, refresh=refresh, **settings)
   window = chunk.frames - 1
   kept, carry, firsts, lasts = [[] for _ in prompts], None, None, None
+  seams, inside = [], []  # mean pixel change across each chunk boundary, and within chunks
   for piece in pieces:  # judged as it streams: nothing but one window is held per video
+    if carry is not None:
+      seams.append([frame_differences(np.stack([c[-1], p[0]]))[0][0]
+                    for c, p in zip(carry, piece)])
+    inside.append([np.median(frame_differences(p)[0]) for p in piece if len(p) > 1])
     carry = piece if carry is None else np.concatenate([carry, piece], axis=1)
     if firsts is None:
       firsts = carry[:, :window + 1].copy()
@@ -250,14 +259,21 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int) -> di
                       "worst_video": float(shares.min()),
                       "color_and_shape_windows_in_view": _mean(shares[staying]),
                       "worst_video_in_view": float(shares[staying].min()) if staying.any()
-                                             else float("nan")},
+                                             else float("nan"),
+                      # A chunk's first new frame against the last one before it: 1 when the
+                      # seams between chunks are no larger than a typical step.
+                      "seam_over_median_step": float(np.median(seams) / max(
+                          float(np.median(inside)), 1.0)) if seams else float("nan"),
+                      "refresh": refresh},
           "videos": list(np.concatenate([firsts, lasts], axis=1))}
 
 
 def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
                    rollout_prompts: int | None = None, seconds: float = 60.0, fps: int = 8,
-                   strength: float = 0.7) -> dict[str, dict]:
-  """Every mode on the held-out prompts (black background): {mode: {"metrics", "videos"}}."""
+                   strength: float = 0.7,
+                   rollout_refresh: float | None = None) -> dict[str, dict]:
+  """Every mode on the held-out prompts (black background): {mode: {"metrics", "videos"}}.
+  `rollout_refresh` defaults to the run's sample.rollout_refresh."""
   settings = settings or {}
   chunk = prompting.Chunk(generator)
   prompts = shapes.held_out_prompts("black")
@@ -268,5 +284,6 @@ def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
       "connect": connect(generator, chunk, prompts, seeds, settings),
       "loop": loop(generator, chunk, prompts, seeds, settings),
       "edit": edit(generator, chunk, prompts, seeds, settings, strength),
-      "rollout": rollout(generator, chunk, prompts[:rollout_prompts], settings, seconds, fps),
+      "rollout": rollout(generator, chunk, prompts[:rollout_prompts], settings, seconds, fps,
+                         rollout_refresh),
   }

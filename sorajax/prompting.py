@@ -162,6 +162,11 @@ def _chunk_seeds(seeds, index: int) -> list[int]:
   return [(int(s) + 0x9E3779B9 * index) % 2 ** 32 for s in seeds]
 
 
+def _refresh_seeds(seeds) -> list[int]:
+  """Seeds of a rollout chunk's redraw: apart from every chunk's own (`_chunk_seeds`)."""
+  return [(int(s) + 0x85EBCA6B) % 2 ** 32 for s in seeds]
+
+
 def _default_context(chunk: Chunk, context: int | None, backward: bool = False) -> int:
   """Forward: all but one latent frame of the chunk (1 + f*(L-2) frames of context, f new ones).
   Backward, where every given latent frame is f frames and the new part starts with an image
@@ -249,8 +254,8 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   The cycle is decoded as one stream played `periods` times (by default enough to cover the
   decoder's causal reach) and the last period returned, so the decoder has the loop's own end as
   history at its start: played on repeat, the last frame leads into the first like any other pair
-  of frames. Frame 0 of the clip, the one frame its image
-  latent codes, has no place in the cycle.
+  of frames. Frame 0 of the clip, the one frame its image latent codes, has no place in the
+  cycle.
   """
   check_captions(captions, seeds)
   chunk = chunk or Chunk(generator)
@@ -305,7 +310,7 @@ def edit(generator, videos: np.ndarray, captions, seeds, strength: float,
 
 def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | None = None,
             context: int | None = None, chunk: Chunk | None = None, carry: str = "latents",
-            **settings) -> Iterator[np.ndarray]:
+            refresh: float | None = None, **settings) -> Iterator[np.ndarray]:
   """Yields uint8 pieces (N, t, H, W, 3) of videos `total_frames` long, first to last.
 
   The first chunk comes from text (or animates `images`); each later one is given the last
@@ -317,10 +322,23 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   the image latent of the frame before them (a chunk's latent frame 0 always codes one frame).
   carry="frames" re-encodes the last decoded frames instead, as `extend` does with a clip; a
   minute of that is a hundred decode-encode round trips, whose errors add up.
+
+  `refresh` > 0 (default: the run's sample.rollout_refresh, with carried latents) redraws each later chunk, context and
+  new frames alike, from that far towards noise under its caption (an SDEdit of `edit`) before it
+  is decoded and carried on. Each chunk otherwise copies its context's errors forward and adds its
+  own, so over a minute shapes smear and split; the redraw pulls every chunk back towards what the
+  caption describes, at the price of larger steps where chunks meet (bench/RESULTS.md, issue 5).
   """
   check_captions(captions, seeds)
   if carry not in ("latents", "frames"):
     raise ValueError(f"carry={carry!r}; use 'latents' or 'frames'")
+  if refresh is None:
+    refresh = generator.config.sample.get("rollout_refresh", 0.0) if carry == "latents" else 0.0
+  if not 0.0 <= refresh <= 1.0:
+    raise ValueError(f"refresh={refresh} must be in [0, 1]; 0 carries each chunk on as generated, "
+                     f"1 redraws it from pure noise")
+  if refresh and carry != "latents":
+    raise ValueError("refresh redraws the carried latents; use carry='latents'")
   chunk = chunk or Chunk(generator)
   context = _default_context(chunk, context)
   if total_frames < 1:
@@ -348,5 +366,9 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
       continue
     latents = _conditioned(generator, chunk, captions, seeds_now, given,
                            {0: _context_latents(generator, decoded, latents, context)}, **settings)
+    if refresh:  # nothing held: the context frames are redrawn too, and carried on as redrawn
+      latents = generator.sample_latents(list(captions), _refresh_seeds(seeds_now),
+                                         chunk.latent_shape, source=latents, strength=refresh,
+                                         **_one_pass(settings))
     decoded = generator.decode(latents)
     piece = decoded[:, keep:]

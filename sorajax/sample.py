@@ -35,6 +35,10 @@ _INPUT2 = flags.DEFINE_string("input2", None, "connect: the clip to lead into.")
 _STRENGTH = flags.DEFINE_float("strength", 0.7, "edit: how far to move from the input, (0, 1].")
 _NEW_FRAMES = flags.DEFINE_integer("new_frames", 8, "extend, extend_back: frames to add.")
 _SECONDS = flags.DEFINE_float("seconds", 60.0, "rollout: length of the video at --fps.")
+_REFRESH = flags.DEFINE_float(
+    "refresh", None, "rollout: redraw each later chunk from this far towards noise under the "
+    "prompt, [0, 1]: larger keeps shapes longer, with larger steps between chunks (default: the "
+    "run's sample.rollout_refresh).")
 _CONTEXT = flags.DEFINE_integer("context", None, "extend, extend_back, rollout: latent frames of "
                                 "what is there given to each chunk (default: the mode's).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Videos per prompt (seeds seed..seed+n-1).")
@@ -121,7 +125,7 @@ def _rollout(generator, captions, seeds, settings, stems) -> list[int]:
   writers = [video_io.Mp4Writer(stem + ".mp4", _FPS.value, _SCALE.value) for stem in stems]
   try:
     for piece in prompting.rollout(generator, captions, seeds, total, context=_CONTEXT.value,
-                                   chunk=chunk, **settings):
+                                   chunk=chunk, refresh=_REFRESH.value, **settings):
       for writer, video in zip(writers, piece):
         writer.write(video)
       print(f"{writers[0].frames}/{total} frames", flush=True)

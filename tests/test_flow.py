@@ -138,6 +138,37 @@ def test_given_noise_shows_given_frames_noised_to_a_small_time_and_keeps_them_ou
     flow.flow_matching_loss(oracle, x0, jax.random.key(2), given=given, given_noise=1.5)
 
 
+def test_self_context_shows_a_share_of_examples_the_models_own_estimate_of_their_given_frames():
+  x0 = jax.random.normal(jax.random.key(1), (64, 3, 2, 2))
+  given = jnp.zeros((64, 3), bool).at[:, 0].set(True)
+  calls = []
+
+  def model(x_t, t):  # off by 7 at clip-level times (the estimate), exact per frame
+    calls.append((x_t, t))
+    if t.ndim == 1:
+      return (x_t - (x0 + 7.0)) / t[:, None, None, None]  # its estimate of the clean clip: x0 + 7
+    tt = t[:, :, None, None]
+    return (x_t - (1 - tt) * x0) / jnp.maximum(tt, 1e-6) - x0
+
+  loss, _ = flow.flow_matching_loss(model, x0, jax.random.key(2), given=given, self_context=0.5,
+                                    self_context_time=0.4)
+  assert float(loss) < 1e-6  # the generated frames are still scored against the true clip
+  (_, estimate_t), (x_t, _) = calls
+  assert 0.0 < float(estimate_t.min()) and float(estimate_t.max()) <= 0.4
+  shown = np.asarray(x_t[:, 0] - x0[:, 0])  # given frames sit at time 0: what they show
+  swapped = np.all(np.isclose(shown, 7.0, atol=1e-4), axis=(1, 2))
+  assert np.all(swapped | np.all(np.abs(shown) < 1e-6, axis=(1, 2)))  # the estimate or the truth
+  assert 0.25 < swapped.mean() < 0.75
+  calls.clear()  # the generated frames see exactly what they would without it
+  flow.flow_matching_loss(model, x0, jax.random.key(2), given=given)
+  np.testing.assert_array_equal(x_t[:, 1:], calls[0][0][:, 1:])
+  with pytest.raises(ValueError, match=r"flow.self_context=1.5 must be in \[0, 1\]"):
+    flow.flow_matching_loss(model, x0, jax.random.key(2), given=given, self_context=1.5)
+  with pytest.raises(ValueError, match=r"flow.self_context_time=1.0 must be in \(0, 1\)"):
+    flow.flow_matching_loss(model, x0, jax.random.key(2), given=given, self_context=0.5,
+                            self_context_time=1.0)
+
+
 def test_euler_keeps_given_frames_and_lands_the_rest_on_data():
   x0 = jax.random.normal(jax.random.key(0), (2, 3, 4))
   noise = jax.random.normal(jax.random.key(1), (2, 3, 4))

@@ -149,7 +149,8 @@ def test_rollout_memory_stays_flat_as_chunks_are_added(generator):
 def test_rollout_carries_generated_latents_or_reencoded_frames(generator, calls):
   chunk = prompting.Chunk(generator, frames=9)
   caption, seeds = ["a red square moving down"], [5]
-  pieces = list(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, **STEPS))
+  pieces = list(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, refresh=0.0,
+                                  **STEPS))
   first, second = calls[-2:]
   np.testing.assert_array_equal(second["given"], [[True, True, False]])
   # Latent frame 2 of the first chunk, as generated, is latent frame 1 of the next one, behind
@@ -162,6 +163,28 @@ def test_rollout_carries_generated_latents_or_reencoded_frames(generator, calls)
                              generator.encode(pieces[0][:, 4:]), atol=1e-5)
   with pytest.raises(ValueError, match="carry='pixels'; use 'latents' or 'frames'"):
     next(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, carry="pixels"))
+
+
+def test_rollout_refresh_redraws_each_later_chunk_and_carries_the_redraw(generator, calls):
+  chunk = prompting.Chunk(generator, frames=9)
+  caption, seeds = ["a red square moving down"], [5]
+  pieces = list(prompting.rollout(generator, caption, seeds, 17, chunk=chunk, refresh=0.5,
+                                  **STEPS))
+  assert [p.shape[1] for p in pieces] == [9, 4, 4]
+  # text -> video, then per later chunk: its frames given the context, and their redraw.
+  _, made, redraw, next_made, next_redraw = calls[-5:]
+  assert redraw.get("given") is None and redraw["strength"] == 0.5
+  np.testing.assert_array_equal(redraw["source"], made["out"])
+  assert not np.array_equal(redraw["out"], made["out"])
+  np.testing.assert_array_equal(pieces[1], generator.decode(redraw["out"])[:, 5:])
+  # The next chunk continues the redraw, not the frames before it.
+  np.testing.assert_array_equal(next_made["given_latents"][:, 1], redraw["out"][:, 2])
+  np.testing.assert_array_equal(next_redraw["source"], next_made["out"])
+  with pytest.raises(ValueError, match=r"refresh=1.5 must be in \[0, 1\]"):
+    next(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, refresh=1.5))
+  with pytest.raises(ValueError, match="refresh redraws the carried latents; use carry='latents'"):
+    next(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, refresh=0.5,
+                           carry="frames"))
 
 
 def test_rollout_pieces_continue_each_other(generator):

@@ -17,6 +17,15 @@ example's given frames are noised a little, to a time drawn from [0, given_noise
 told that time: it learns to continue frames that are only nearly right (its own earlier output,
 re-encoded), the usual cure for a chunk-by-chunk rollout's drift (noise augmentation, as in
 GameNGen). On the demo it helped connect more than rollouts (bench/RESULTS.md).
+
+With `self_context` > 0 that share of examples is given the model's own estimate of its given
+frames instead of the true ones: the whole clip noised to a time in [0, self_context_time], the
+clean clip read off one velocity prediction (x0 = x_s - s v, no gradient), and its given frames
+handed over. The generated frames are still scored against the true clip, so the model learns to
+continue a context with its own kind of errors (soft edges, smeared shapes) into clean frames
+rather than copy them forward, which is what a rollout's drift is made of. It is a one-step
+stand-in for training on the model's own rollouts (scheduled sampling; Self Forcing, Huang et al.
+2025), at the cost of one more forward pass per step.
 """
 from __future__ import annotations
 
@@ -68,6 +77,15 @@ def check_given_noise(level: float, name: str = "flow.given_noise") -> None:
     raise ValueError(f"{name}={level} must be in [0, 1) (0: given frames stay clean)")
 
 
+def check_self_context(share: float, time: float) -> None:
+  if not 0.0 <= share <= 1.0:
+    raise ValueError(f"flow.self_context={share} must be in [0, 1] (0: given frames are the true "
+                     "ones)")
+  if not 0.0 < time < 1.0:
+    raise ValueError(f"flow.self_context_time={time} must be in (0, 1): the highest noise level "
+                     "the model's own estimate of the given frames is made from")
+
+
 def check_motion_weight(weight: float) -> None:
   if weight < 0:
     raise ValueError(f"flow.motion_weight={weight} must be >= 0 (0: off); a negative weight "
@@ -112,6 +130,18 @@ def frame_times(t: jax.Array, given: jax.Array, given_time=0.0) -> jax.Array:
   return jnp.where(given, given_time[..., None] if given_time.ndim else given_time, t[:, None])
 
 
+def _own_estimate(predict_velocity, x0, given, rng, share: float, max_time: float) -> jax.Array:
+  """x0 with the given frames of a `share` of examples replaced by the model's one-step estimate
+  of them from the clip noised to a time uniform in [0, max_time]."""
+  pick_rng, time_rng, noise_rng = jax.random.split(rng, 3)
+  s = max_time * jax.random.uniform(time_rng, (x0.shape[0],))
+  x_s = interpolate(x0, jax.random.normal(noise_rng, x0.shape, x0.dtype), s)
+  estimate = jax.lax.stop_gradient(
+      x_s - _broadcast_time(s, x0) * predict_velocity(x_s, s).astype(x0.dtype))
+  swap = given & jax.random.bernoulli(pick_rng, share, (x0.shape[0],))[:, None]
+  return jnp.where(_broadcast_time(swap, x0), estimate, x0)
+
+
 def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_mean: float = 0.0,
                        logit_std: float = 1.0,
                        given: jax.Array | None = None,
@@ -121,6 +151,8 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
                        time_shift: float = 1.0,
                        time_sampling: str = "logit_normal",
                        given_noise: float = 0.0,
+                       self_context: float = 0.0,
+                       self_context_time: float = 0.5,
                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean squared velocity error; `predict_velocity(x_t, t)` closes over the conditioning.
 
@@ -136,7 +168,8 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   best predictor stays the same, but motion, which a per-value error weighs little next to
   appearance, gets a larger share of the gradient. Training times come from `time_sampling`
   (TIME_SAMPLING), then `shift_times(t, time_shift)`. `given_noise` > 0 noises each example's given
-  frames to a time uniform in [0, given_noise] (module docstring).
+  frames to a time uniform in [0, given_noise]; `self_context` > 0 gives that share of examples the
+  model's own estimate of their given frames (module docstring).
   """
   time_rng, noise_rng = jax.random.split(rng)
   check_time_sampling(time_sampling)
@@ -150,9 +183,14 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   given_time = 0.0
   if given is not None and given_noise:  # its own key: runs without it keep their random stream
     given_time = given_noise * jax.random.uniform(jax.random.fold_in(rng, 1), (x0.shape[0],))
+  check_self_context(self_context, self_context_time)
+  shown = x0  # what the given frames show the model
+  if given is not None and self_context:
+    shown = _own_estimate(predict_velocity, x0, given, jax.random.fold_in(rng, 2), self_context,
+                          self_context_time)
   # A clip-level t keeps the model's cheap path.
   times = t if given is None else frame_times(t, given, given_time)
-  prediction = predict_velocity(interpolate(x0, noise, times), times).astype(jnp.float32)
+  prediction = predict_velocity(interpolate(shown, noise, times), times).astype(jnp.float32)
   target = velocity_target(x0, noise)
   miss = prediction - target
   error = jnp.square(miss)

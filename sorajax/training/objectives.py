@@ -320,6 +320,9 @@ class DiTObjective:
     _checked(flow.check_motion_weight, self.motion_weight)
     self.given_noise = float(config.flow.get("given_noise", 0.0))  # 0 in runs saved before it
     _checked(flow.check_given_noise, self.given_noise)
+    self.self_context = float(config.flow.get("self_context", 0.0))  # 0 in runs saved before it
+    self.self_context_time = float(config.flow.get("self_context_time", 0.5))
+    _checked(flow.check_self_context, self.self_context, self.self_context_time)
     # Runs saved before the time shift trained on unshifted logit-normal times.
     self.time_sampling = config.flow.get("time_sampling", "logit_normal")
     _checked(flow.check_time_sampling, self.time_sampling)
@@ -540,8 +543,9 @@ class DiTObjective:
     return {"dit": self.dit.init(rng, latents, jnp.zeros((1,)), context, mask)["params"]}
 
   def train_flops(self, bucket) -> int:
-    """3x the forward FLOPs (forward + backward) of the DiT and a learned text encoder per example;
-    a frozen encoder's forward is not counted (it is not trained, and mostly cached)."""
+    """3x the forward FLOPs (forward + backward) of the DiT and a learned text encoder per example,
+    plus the DiT forward that estimates given frames under flow.self_context; a frozen encoder's
+    forward is not counted (it is not trained, and mostly cached)."""
     latent_shape = self.latent_shape(*bucket.size)
     length = self.config.data.text_max_length
     per_frame = any(p > 0 for p in frame_conditioning.usable(self.given_frames,
@@ -549,7 +553,10 @@ class DiTObjective:
     forward = self.dit.forward_flops(latent_shape, length, self.text_width, per_frame)
     if self.text_encoder is None:
       forward += self.text_module.forward_flops(length)
-    return 3 * bucket.batch_size * forward
+    flops = 3 * forward
+    if per_frame and self.self_context:
+      flops += self.dit.forward_flops(latent_shape, length, self.text_width, False)
+    return bucket.batch_size * flops
 
   def model_params(self, params):
     return params
@@ -604,7 +611,7 @@ class DiTObjective:
         self.config.flow.logit_mean, self.config.flow.logit_std, given,
         self.frame_noise_correlation, self.config.flow.get("contrast_weight", 0.0),
         self.motion_weight, self.time_shift(self.config.flow.get("time_shift", 1.0), x0.shape[1:]),
-        self.time_sampling, self.given_noise)
+        self.time_sampling, self.given_noise, self.self_context, self.self_context_time)
     return loss, metrics
 
 
