@@ -42,7 +42,7 @@ _PARAPHRASED = flags.DEFINE_bool(
     "for runs on a pretrained text encoder)")
 _ROLLOUT_SECONDS = flags.DEFINE_float("rollout_seconds", 60.0, "Length of the judged rollouts.")
 _ROLLOUT_REFRESH = flags.DEFINE_float(
-    "rollout_refresh", None, "How far each rollout chunk is redrawn, [0, 1] (default: the run's "
+    "rollout_refresh", None, "How far each rollout chunk is redrawn, [0, 1) (default: the run's "
     "sample.rollout_refresh).")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
@@ -178,14 +178,17 @@ def main(argv):
   del argv
   if not _WORKDIR.value:
     raise configuration.ConfigError("pass --workdir <DiT run>")
+  from sorajax import prompting  # pylint: disable=import-outside-toplevel
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
   out = _OUT.value or os.path.join(_WORKDIR.value, "report")
   generator = VideoGenerator(_WORKDIR.value)
   if _GIVEN_NOISE.value is not None:  # before the held-out samples, not after
     generator.check_given_noise(_GIVEN_NOISE.value)
-  if _ROLLOUT_REFRESH.value is not None and not 0.0 <= _ROLLOUT_REFRESH.value <= 1.0:
-    raise configuration.ConfigError(f"--rollout_refresh={_ROLLOUT_REFRESH.value} must be in [0, 1]"
-                                    "; 0 carries each chunk on as generated")
+  try:  # the flag, or the run's own setting, before hours of judging
+    prompting.check_refresh(prompting.default_refresh(generator) if _ROLLOUT_REFRESH.value is None
+                            else _ROLLOUT_REFRESH.value, "--rollout_refresh")
+  except ValueError as e:
+    raise configuration.ConfigError(str(e)) from e
   start = time.perf_counter()
   rows, videos = evaluate_heldout(generator, _SEEDS.value, _BATCH.value, _STEPS.value,
                                   _GUIDANCE.value, _STAGE_FRAMES.value, _SAMPLER.value)

@@ -232,7 +232,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   chunk is redrawn (default: the run's sample.rollout_refresh; prompting.rollout)."""
   total = round(seconds * fps)
   if refresh is None:
-    refresh = generator.config.sample.get("rollout_refresh", 0.0)
+    refresh = prompting.default_refresh(generator)
   pieces = prompting.rollout(generator, [p.caption for p in prompts], list(range(len(prompts))),
                              total, chunk=chunk, refresh=refresh, **settings)
   window = chunk.frames - 1
@@ -240,9 +240,8 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   seams, inside = [], []  # mean pixel change across each chunk boundary, and within chunks
   for piece in pieces:  # judged as it streams: nothing but one window is held per video
     if carry is not None:
-      seams.append([frame_differences(np.stack([c[-1], p[0]]))[0][0]
-                    for c, p in zip(carry, piece)])
-    inside.append([np.median(frame_differences(p)[0]) for p in piece if len(p) > 1])
+      seams.extend(np.abs(p[0].astype(np.float32) - c[-1]).mean() for c, p in zip(carry, piece))
+    inside.extend(np.median(frame_differences(p)[0]) for p in piece if len(p) > 1)
     carry = piece if carry is None else np.concatenate([carry, piece], axis=1)
     if firsts is None:
       firsts = carry[:, :window + 1].copy()
@@ -263,7 +262,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                       # A chunk's first new frame against the last one before it: 1 when the
                       # seams between chunks are no larger than a typical step.
                       "seam_over_median_step": float(np.median(seams) / max(
-                          float(np.median(inside)), 1.0)) if seams else float("nan"),
+                          float(np.median(inside)), 1.0)) if seams and inside else float("nan"),
                       "refresh": refresh},
           "videos": list(np.concatenate([firsts, lasts], axis=1))}
 

@@ -308,6 +308,16 @@ def edit(generator, videos: np.ndarray, captions, seeds, strength: float,
   return generator.decode(latents)
 
 
+def default_refresh(generator) -> float:
+  return float(generator.config.sample.get("rollout_refresh", 0.0))
+
+
+def check_refresh(refresh: float, name: str = "refresh") -> None:
+  if not 0.0 <= refresh < 1.0:
+    raise ValueError(f"{name}={refresh} must be in [0, 1); 0 carries each rollout chunk on as "
+                     f"generated, larger values redraw more of it")
+
+
 def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | None = None,
             context: int | None = None, chunk: Chunk | None = None, carry: str = "latents",
             refresh: float | None = None, **settings) -> Iterator[np.ndarray]:
@@ -323,20 +333,20 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   carry="frames" re-encodes the last decoded frames instead, as `extend` does with a clip; a
   minute of that is a hundred decode-encode round trips, whose errors add up.
 
-  `refresh` > 0 (default: the run's sample.rollout_refresh, with carried latents) redraws each later chunk, context and
-  new frames alike, from that far towards noise under its caption (an SDEdit of `edit`) before it
-  is decoded and carried on. Each chunk otherwise copies its context's errors forward and adds its
-  own, so over a minute shapes smear and split; the redraw pulls every chunk back towards what the
-  caption describes, at the price of larger steps where chunks meet (bench/RESULTS.md, issue 5).
+  `refresh` in [0, 1) redraws each later chunk, context and new frames alike, from that far
+  towards noise under its caption (an SDEdit, as `edit` does) before it is decoded and carried on.
+  Each chunk otherwise copies its context's errors forward and adds its own, so over a minute
+  shapes smear and split; the redraw pulls every chunk back towards what the caption describes,
+  at the price of larger steps where chunks meet and round(refresh * steps) more sampler steps per
+  chunk (bench/RESULTS.md, issue 5). Default: the run's sample.rollout_refresh with
+  carry="latents" (0 for runs saved before it), 0 with carry="frames".
   """
   check_captions(captions, seeds)
   if carry not in ("latents", "frames"):
     raise ValueError(f"carry={carry!r}; use 'latents' or 'frames'")
   if refresh is None:
-    refresh = generator.config.sample.get("rollout_refresh", 0.0) if carry == "latents" else 0.0
-  if not 0.0 <= refresh <= 1.0:
-    raise ValueError(f"refresh={refresh} must be in [0, 1]; 0 carries each chunk on as generated, "
-                     f"1 redraws it from pure noise")
+    refresh = default_refresh(generator) if carry == "latents" else 0.0
+  check_refresh(refresh)
   if refresh and carry != "latents":
     raise ValueError("refresh redraws the carried latents; use carry='latents'")
   chunk = chunk or Chunk(generator)

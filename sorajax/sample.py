@@ -37,8 +37,8 @@ _NEW_FRAMES = flags.DEFINE_integer("new_frames", 8, "extend, extend_back: frames
 _SECONDS = flags.DEFINE_float("seconds", 60.0, "rollout: length of the video at --fps.")
 _REFRESH = flags.DEFINE_float(
     "refresh", None, "rollout: redraw each later chunk from this far towards noise under the "
-    "prompt, [0, 1]: larger keeps shapes longer, with larger steps between chunks (default: the "
-    "run's sample.rollout_refresh).")
+    "prompt, [0, 1): larger keeps shapes longer, with larger steps between chunks and "
+    "refresh x steps more sampler steps per chunk (default: the run's sample.rollout_refresh).")
 _CONTEXT = flags.DEFINE_integer("context", None, "extend, extend_back, rollout: latent frames of "
                                 "what is there given to each chunk (default: the mode's).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Videos per prompt (seeds seed..seed+n-1).")

@@ -45,7 +45,9 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
       "connect": evaluate_modes.connect(generator, chunk, prompts, 1, settings),
       "loop": evaluate_modes.loop(generator, chunk, prompts, 1, settings),
       "edit": evaluate_modes.edit(generator, chunk, prompts, 1, settings, 0.5),
-      "rollout": evaluate_modes.rollout(generator, chunk, prompts[:2], settings, seconds=3, fps=8),
+      # 26 frames: a first chunk of 9, four of 4 new frames, then a piece of one frame.
+      "rollout": evaluate_modes.rollout(generator, chunk, prompts[:2], settings, seconds=3.25,
+                                        fps=8),
   }
   for mode, result in results.items():
     for name, value in result["metrics"].items():
@@ -59,5 +61,8 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
   assert all(v.shape[0] == 8 for v in results["loop"]["videos"])  # 4 clip frames + 4 redrawn
   assert results["connect"]["metrics"]["pace"] == 1.0  # 16x16: clips of 5 frames fit the path
   assert results["extend_back"]["metrics"]["new_frames"] == 5
-  assert results["rollout"]["metrics"]["frames"] == 24
-  assert results["rollout"]["metrics"]["windows"] == 2  # 24 frames: two 9-frame windows
+  rollout = results["rollout"]["metrics"]
+  assert rollout["frames"] == 26
+  assert rollout["windows"] == 3  # 9-frame windows, 8 frames apart
+  assert rollout["refresh"] == generator.config.sample.rollout_refresh
+  assert np.isfinite(rollout["seam_over_median_step"]) and rollout["seam_over_median_step"] > 0

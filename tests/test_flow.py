@@ -162,6 +162,17 @@ def test_self_context_shows_a_share_of_examples_the_models_own_estimate_of_their
   calls.clear()  # the generated frames see exactly what they would without it
   flow.flow_matching_loss(model, x0, jax.random.key(2), given=given)
   np.testing.assert_array_equal(x_t[:, 1:], calls[0][0][:, 1:])
+  # No gradient flows through the estimate, though the prediction reads what the given frames
+  # show: a weight only the estimate uses gets none.
+  def loss_of(w):
+    def reads_given(x_t, t):
+      if t.ndim == 1:
+        return (x_t - w * (x0 + 7.0)) / t[:, None, None, None]  # estimate: w * (x0 + 7)
+      return model(x_t, t) + x_t[:, :1]
+    return flow.flow_matching_loss(reads_given, x0, jax.random.key(2), given=given,
+                                   self_context=1.0)[0]
+  assert float(loss_of(1.0)) > 1.0  # the shown frames do reach the loss
+  assert float(jax.grad(loss_of)(1.0)) == 0.0
   with pytest.raises(ValueError, match=r"flow.self_context=1.5 must be in \[0, 1\]"):
     flow.flow_matching_loss(model, x0, jax.random.key(2), given=given, self_context=1.5)
   with pytest.raises(ValueError, match=r"flow.self_context_time=1.0 must be in \(0, 1\)"):

@@ -25,9 +25,9 @@ def calls(generator, monkeypatch):
   seen = []
   sample = generator.sample_latents
 
-  def spy(*args, **kwargs):
-    out = sample(*args, **kwargs)
-    seen.append(dict(kwargs, out=out))
+  def spy(captions, seeds, *args, **kwargs):
+    out = sample(captions, seeds, *args, **kwargs)
+    seen.append(dict(kwargs, seeds=list(seeds), out=out))
     return out
 
   monkeypatch.setattr(generator, "sample_latents", spy)
@@ -172,16 +172,23 @@ def test_rollout_refresh_redraws_each_later_chunk_and_carries_the_redraw(generat
                                   **STEPS))
   assert [p.shape[1] for p in pieces] == [9, 4, 4]
   # text -> video, then per later chunk: its frames given the context, and their redraw.
-  _, made, redraw, next_made, next_redraw = calls[-5:]
+  assert len(calls) == 5 and "source" not in calls[0]
+  _, made, redraw, next_made, next_redraw = calls
   assert redraw.get("given") is None and redraw["strength"] == 0.5
+  assert redraw["seeds"] != made["seeds"]  # fresh noise: not the chunk's own path retraced
   np.testing.assert_array_equal(redraw["source"], made["out"])
   assert not np.array_equal(redraw["out"], made["out"])
   np.testing.assert_array_equal(pieces[1], generator.decode(redraw["out"])[:, 5:])
   # The next chunk continues the redraw, not the frames before it.
   np.testing.assert_array_equal(next_made["given_latents"][:, 1], redraw["out"][:, 2])
   np.testing.assert_array_equal(next_redraw["source"], next_made["out"])
-  with pytest.raises(ValueError, match=r"refresh=1.5 must be in \[0, 1\]"):
-    next(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, refresh=1.5))
+  # The run's sample.rollout_refresh is the default.
+  calls.clear()
+  list(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, **STEPS))
+  assert generator.config.sample.rollout_refresh > 0 and len(calls) == 3
+  assert calls[-1]["strength"] == generator.config.sample.rollout_refresh
+  with pytest.raises(ValueError, match=r"refresh=1.0 must be in \[0, 1\)"):
+    next(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, refresh=1.0))
   with pytest.raises(ValueError, match="refresh redraws the carried latents; use carry='latents'"):
     next(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, refresh=0.5,
                            carry="frames"))

@@ -144,7 +144,8 @@ def get_config(arg=None):
   # prompt before it is carried on (prompting.rollout), so its errors are not copied forward for a
   # minute. On the demo 0.5 keeps color and shape in 55% of a minute's windows against 32% without;
   # the step where chunks meet grows from 1.19 to 1.29 times a typical step, and 0.7 gives 69% at
-  # 1.43 (bench/RESULTS.md, issue 5 sixth pass).
+  # 1.43. Each later chunk takes round(0.5 * steps) more sampler steps (bench/RESULTS.md, issue 5
+  # sixth pass).
   config.sample.rollout_refresh = 0.5
 
   config.train = ml_collections.ConfigDict()

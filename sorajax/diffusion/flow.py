@@ -130,12 +130,13 @@ def frame_times(t: jax.Array, given: jax.Array, given_time=0.0) -> jax.Array:
   return jnp.where(given, given_time[..., None] if given_time.ndim else given_time, t[:, None])
 
 
-def _own_estimate(predict_velocity, x0, given, rng, share: float, max_time: float) -> jax.Array:
+def _own_estimate(predict_velocity, x0, given, rng, share: float, max_time: float,
+                  frame_correlation: float) -> jax.Array:
   """x0 with the given frames of a `share` of examples replaced by the model's one-step estimate
-  of them from the clip noised to a time uniform in [0, max_time]."""
+  of them from the clip noised (by the run's prior) to a time uniform in [0, max_time]."""
   pick_rng, time_rng, noise_rng = jax.random.split(rng, 3)
   s = max_time * jax.random.uniform(time_rng, (x0.shape[0],))
-  x_s = interpolate(x0, jax.random.normal(noise_rng, x0.shape, x0.dtype), s)
+  x_s = interpolate(x0, frame_noise(noise_rng, x0.shape, frame_correlation, dtype=x0.dtype), s)
   estimate = jax.lax.stop_gradient(
       x_s - _broadcast_time(s, x0) * predict_velocity(x_s, s).astype(x0.dtype))
   swap = given & jax.random.bernoulli(pick_rng, share, (x0.shape[0],))[:, None]
@@ -187,7 +188,7 @@ def flow_matching_loss(predict_velocity, x0: jax.Array, rng: jax.Array, logit_me
   shown = x0  # what the given frames show the model
   if given is not None and self_context:
     shown = _own_estimate(predict_velocity, x0, given, jax.random.fold_in(rng, 2), self_context,
-                          self_context_time)
+                          self_context_time, frame_correlation)
   # A clip-level t keeps the model's cheap path.
   times = t if given is None else frame_times(t, given, given_time)
   prediction = predict_velocity(interpolate(shown, noise, times), times).astype(jnp.float32)
