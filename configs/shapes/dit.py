@@ -105,11 +105,12 @@ def get_config(arg=None):
   config.flow.given_noise = 0.0
   # > 0: this share of conditioned examples sees the model's own one-step estimate of its given
   # frames (from the clip noised to a time up to self_context_time) and must still make the true
-  # frames, so rollouts learn to correct their drift rather than copy it (flow.py). 600 more steps
-  # of the demo at 1.0 / 0.8 kept 49% of rollout windows against 42% for the same steps without,
-  # and the same 65% with rollout_refresh (bench/RESULTS.md, issue 5 sixth pass): off by default.
-  config.flow.self_context = 0.0
-  config.flow.self_context_time = 0.5
+  # frames, so rollouts learn to correct their drift rather than copy it (flow.py). On the demo a
+  # minute-long rollout keeps color and shape in 84% of its windows against 32% without, and
+  # held-out text -> video reads 90.4% color AND motion against 84.6% (bench/RESULTS.md, issue 5
+  # sixth pass). It costs one more forward pass per step on conditioned batches.
+  config.flow.self_context = 1.0
+  config.flow.self_context_time = 0.8
   # Correlation of the noise between latent frames (0: independent; see flow.frame_noise). 0.5
   # helped motion at 600 steps (bench/RESULTS.md, third round), but at 2400 it can leave the DiT
   # placing consecutive latent frames too close, so objects stall and step back at every latent
@@ -140,13 +141,13 @@ def get_config(arg=None):
   # Noise level given frames (a prompt image or clip, a rollout's context) are shown at; 0 to
   # flow.given_noise.
   config.sample.given_noise = 0.0
-  # Long rollouts: each chunk after the first is redrawn from this far towards noise under its
-  # prompt before it is carried on (prompting.rollout), so its errors are not copied forward for a
-  # minute. On the demo 0.5 keeps color and shape in 55% of a minute's windows against 32% without;
-  # the step where chunks meet grows from 1.19 to 1.29 times a typical step, and 0.7 gives 69% at
-  # 1.43. Each later chunk takes round(0.5 * steps) more sampler steps (bench/RESULTS.md, issue 5
-  # sixth pass).
-  config.sample.rollout_refresh = 0.5
+  # > 0: each rollout chunk after the first is redrawn from this far towards noise under its
+  # prompt before it is carried on (prompting.rollout), at round(refresh * steps) more sampler
+  # steps a chunk. It is for runs trained without flow.self_context: there 0.5 keeps color and
+  # shape in 55% of a minute's windows against 32%. With it the redraw adds little and makes the
+  # steps where chunks meet larger (1.45 against 1.24 times a typical step; bench/RESULTS.md,
+  # issue 5 sixth pass).
+  config.sample.rollout_refresh = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = arg.batch
