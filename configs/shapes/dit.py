@@ -106,9 +106,9 @@ def get_config(arg=None):
   # > 0: this share of conditioned examples sees the model's own one-step estimate of its given
   # frames (from the clip noised to a time up to self_context_time) and must still make the true
   # frames, so rollouts learn to correct their drift rather than copy it (flow.py). On the demo a
-  # minute-long rollout keeps color and shape in 84% of its windows against 32% without, and
-  # held-out text -> video reads 90.4% color AND motion against 84.6% (bench/RESULTS.md, issue 5
-  # sixth pass). It costs one more forward pass per step on conditioned batches.
+  # minute-long rollout keeps color and shape in 84% and 71% of its windows on two seeds, against
+  # 32% without; held-out color AND motion reads 90.4% and 71.2% against 84.6% (bench/RESULTS.md,
+  # issue 5 sixth pass). It costs one more forward pass per step on video batches.
   config.flow.self_context = 1.0
   config.flow.self_context_time = 0.8
   # Correlation of the noise between latent frames (0: independent; see flow.frame_noise). 0.5
