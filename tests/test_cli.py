@@ -111,7 +111,7 @@ def test_evaluate_writes_accuracy_and_pace(dit_workdir, tmp_path):
     (["--mode", "extend_back", "--input", "{image}"], ["extend_back needs a clip of at least 4"]),
     (["--mode", "animate", "--input", "{image}", "--given_noise", "0.3"],
      ["given_noise=0.3 is out of range", "use 0 to 0"]),
-    (["--mode", "rollout", "--seconds", "1", "--refresh", "1.5"], ["refresh=1.5", "[0, 1]"]),
+    (["--mode", "rollout", "--seconds", "1", "--refresh", "1.5"], ["refresh=1.5", "[0, 1)"]),
 ])
 def test_bad_prompting_input_is_one_line(dit_workdir, tmp_path, flags, needles):
   import numpy as np  # pylint: disable=import-outside-toplevel
