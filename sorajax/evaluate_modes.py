@@ -165,12 +165,13 @@ CYCLIC_MOTIONS = ("static", "bouncing")
 def loop(generator, chunk, prompts, seeds, settings) -> dict:
   """Loops of rendered clips: is the wrap from the last frame to the first no larger than a
   typical (median) frame-to-frame change of the loop? The chunk redraws the clip's last latent
-  frame, given one latent frame at each end. A wrap no different from any other step would be
+  frame, given one latent frame at each end, from `strength` (default: the run's
+  sample.loop_strength) of the way towards noise. A wrap no different from any other step would be
   at or below the median only half the time, so its rank among the loop's steps is given too
   (0.5 for such a wrap, 1 for a wrap larger than every step).
 
   Figures are given over all prompts and over those with cyclic motions; `reference_*` is the
-  rendered clip's own latent frames cycled through the decoder, a loop with nothing generated,
+  rendered clip's own frames coded and decoded on repeat as a loop is, with nothing generated,
   which shows where the judge puts a seamless loop of decoded frames."""
   jobs = _jobs(prompts, seeds)
   sources = np.stack([shapes.render_prompt(p, chunk.frames, chunk.height, chunk.width, 400 + s)
@@ -181,9 +182,9 @@ def loop(generator, chunk, prompts, seeds, settings) -> dict:
   ratios, ranks = _wrap_ratios(videos)
   reference = np.full(1, np.nan)
   if cyclic.any():
-    coded = generator.encode(sources[cyclic])
-    stream = np.concatenate([coded[:, :1]] + [coded[:, 1:]] * 3, axis=1)
-    reference, _ = _wrap_ratios(generator.decode(stream)[:, 1 - chunk.frames:])
+    clips = sources[cyclic]
+    reference, _ = _wrap_ratios(prompting.decode_cycle(
+        generator, generator.encode(clips[:, :1]), prompting.cycle_codes(generator, clips)))
   verdicts = [shapes_judge.judge_prompt(v, p) for v, (p, _) in zip(videos, jobs)]
   return {"metrics": {"wrap_within_typical": float(np.mean(ratios <= 1.0)),
                       "wrap_over_median_step": float(np.median(ratios)),
@@ -192,6 +193,8 @@ def loop(generator, chunk, prompts, seeds, settings) -> dict:
                       "wrap_over_median_step_cyclic": (float(np.median(ratios[cyclic]))
                                                        if cyclic.any() else float("nan")),
                       "reference_wrap_over_median_step_cyclic": float(np.median(reference)),
+                      "strength": float(settings.get("strength",
+                                                     prompting.default_loop_strength(generator))),
                       "color": _mean(v["color"] for v in verdicts),
                       "shape": _mean(v["shape"] for v in verdicts)},
           "videos": list(videos)}

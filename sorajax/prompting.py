@@ -34,6 +34,7 @@ import numpy as np
 
 from sorajax.data import video_io
 
+EDIT_STRENGTH = 0.7  # an edit's default: keeps the layout, lets colors and shapes follow the prompt
 MODES = ("text", "image", "animate", "extend", "extend_back", "connect", "loop", "edit", "rollout")
 
 
@@ -239,7 +240,8 @@ def connect(generator, first: np.ndarray, second: np.ndarray, captions, seeds,
 
 def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = None,
          first_context: int | None = None, second_context: int | None = None,
-         periods: int | None = None, replace_end: bool = True, **settings) -> np.ndarray:
+         periods: int | None = None, replace_end: bool = True, strength: float | None = None,
+         **settings) -> np.ndarray:
   """Seamless loops of clips (N, 1+f*k, H, W, 3).
 
   The loop is a cycle of latent frames: the clip's latent frames after the first, then the m
@@ -251,11 +253,16 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   is redrawn to close the cycle. Without it they are added after the clip's end (N, f*(k+m), ...),
   and the object must cover the way back in those m frames.
 
-  The cycle is decoded as one stream played `periods` times (by default enough to cover the
-  decoder's causal reach) and the last period returned, so the decoder has the loop's own end as
-  history at its start: played on repeat, the last frame leads into the first like any other pair
-  of frames. Frame 0 of the clip, the one frame its image latent codes, has no place in the
-  cycle.
+  `strength` in (0, 1] (with `replace_end`; default: the run's sample.loop_strength) starts the m
+  latent frames from the clip's own last m, noised that far towards noise (SDEdit); 1 draws them
+  from noise. Below 1, a clip that nearly loops keeps its end and has only the seam mended.
+
+  Coding and decoding both see the loop on repeat: the clip's frames after the first are encoded
+  played `periods` times (`cycle_codes`), and the cycle decoded played as often, the last period
+  kept each time (by default enough periods to cover the causal reach). So the latent frames at
+  the clip's start are coded, and decoded, with the loop's end as history rather than as the start
+  of a video: played on repeat, the last frame leads into the first like any other pair of
+  frames. Frame 0 of the clip, the one frame its image latent codes, has no place in the cycle.
   """
   check_captions(captions, seeds)
   chunk = chunk or Chunk(generator)
@@ -263,7 +270,7 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   second_context = second_context or connect_context(chunk)
   chunk.needs(first_context + second_context)
   if periods is not None and periods < 2:
-    raise ValueError(f"periods={periods}; decode at least 2 so the loop's start has its end "
+    raise ValueError(f"periods={periods}; play at least 2 so the loop's start has its end "
                      f"as history")
   videos = np.asarray(videos)
   f = chunk.factor
@@ -276,22 +283,59 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
     raise ValueError(f"loop needs a clip of at least {1 + f * kept} frames, got {videos.shape[1]}; "
                      f"pass a longer clip" + (", or replace_end=False to add the transition after "
                                               "the clip" if replace_end else ""))
-  coded = generator.encode(videos)
-  if replace_end:  # the causal encoder codes the kept frames as it did within the whole clip
-    videos, coded = videos[:, :videos.shape[1] - f * new], coded[:, :coded.shape[1] - new]
-  clip = coded[:, 1:]  # the cycle's latent frames from the clip
-  start = _context_latents(generator, videos, coded, first_context)
+  if strength is None:
+    strength = default_loop_strength(generator) if replace_end else 1.0
+  if not 0.0 < strength <= 1.0:
+    raise ValueError(f"strength={strength} must be in (0, 1]; 1 redraws the clip's end from "
+                     f"noise, small values keep more of it")
+  if strength < 1.0 and not replace_end:
+    raise ValueError(f"strength={strength} redraws the clip's own end; it needs replace_end=True")
+  # The clip's latent frames after the first are coded as the loop plays them, on repeat: the
+  # causal encoder reads the clip's end before its start, not the start of a video.
+  clip = cycle_codes(generator, videos, periods)
+  end = clip[:, clip.shape[1] - new:]  # what the transition replaces, where it does
+  if replace_end:
+    videos, clip = videos[:, :videos.shape[1] - f * new], clip[:, :clip.shape[1] - new]
+  image = generator.encode(videos[:, :1])
+  start = _context_latents(generator, videos, jnp.concatenate([image, clip], axis=1),
+                           first_context)
   index = np.arange(chunk.latents)
   given = (index < first_context) | (index >= chunk.latents - second_context)
-  latents = _conditioned(generator, chunk, captions, seeds, given,
-                         {0: start, chunk.latents - second_context: clip[:, :second_context]},
-                         **settings)
+  ends = {0: start, chunk.latents - second_context: clip[:, :second_context]}
+  if strength < 1.0:
+    settings = {**settings, "strength": strength,
+                "source": jnp.concatenate([start, end, clip[:, :second_context]], axis=1)}
+  latents = _conditioned(generator, chunk, captions, seeds, given, ends, **settings)
   cycle = jnp.concatenate([clip, latents[:, first_context:chunk.latents - second_context]], axis=1)
-  if periods is None:  # periods before the last that cover the frames a decoded frame reads
-    periods = 1 + max(1, -(-generator.objective.vae.decoder_history() // cycle.shape[1]))
-  # The stream starts at the clip's own image latent, so its first period is the clip as coded.
-  stream = jnp.concatenate([coded[:, :1]] + [cycle] * periods, axis=1)
-  return generator.decode(stream)[:, -f * cycle.shape[1]:]
+  return decode_cycle(generator, image, cycle, periods)
+
+
+def _periods(generator, cycle: int) -> int:
+  """Times a cycle of latent frames is played so that its last period has a whole causal reach of
+  the cycle behind it (the encoder's blocks mirror the decoder's: the same reach)."""
+  return 1 + max(1, -(-generator.objective.vae.decoder_history() // cycle))
+
+
+def cycle_codes(generator, videos: np.ndarray, periods: int | None = None) -> jnp.ndarray:
+  """Latent frames (N, k, ...) of clips' frames after the first (N, 1+f*k, ...) played on repeat:
+  the last of `periods` periods coded behind the clip's first frame (default: `_periods`)."""
+  k = (videos.shape[1] - 1) // generator.objective.temporal_factor
+  stream = np.concatenate([videos[:, :1]] + [videos[:, 1:]] * (periods or _periods(generator, k)),
+                          axis=1)
+  return generator.encode(stream)[:, -k:]
+
+
+def decode_cycle(generator, image: jnp.ndarray, cycle: jnp.ndarray,
+                 periods: int | None = None) -> np.ndarray:
+  """Video frames (N, f*k, ...) of a cycle of k latent frames: the last of `periods` periods
+  decoded behind the image latent (default: `_periods`), so each frame has the cycle as history."""
+  stream = jnp.concatenate([image] + [cycle] * (periods or _periods(generator, cycle.shape[1])),
+                           axis=1)
+  return generator.decode(stream)[:, -generator.objective.temporal_factor * cycle.shape[1]:]
+
+
+def default_loop_strength(generator) -> float:
+  return float(generator.config.sample.get("loop_strength", 1.0))  # 1 in runs saved before it
 
 
 def edit(generator, videos: np.ndarray, captions, seeds, strength: float,

@@ -7,10 +7,10 @@ r"""Sample videos from a trained DiT run, from text or prompted with images and 
 
 Modes (sorajax/prompting.py): text, image (text -> image), animate (--input image), extend and
 extend_back (--input clip, --new_frames), connect (--input and --input2 clips), loop (--input clip,
-or a clip made from the prompt first), edit (--input clip, --strength), rollout (--seconds of video
-made chunk by chunk and streamed to the mp4). Inputs are any image or video file Pillow or PyAV
-reads; they are center-cropped, resized and trimmed to a size the model takes, and the changes are
-printed and recorded.
+or a clip made from the prompt first; --strength), edit (--input clip, --strength), rollout
+(--seconds of video made chunk by chunk and streamed to the mp4). Inputs are any image or video
+file Pillow or PyAV reads; they are center-cropped, resized and trimmed to a size the model takes,
+and the changes are printed and recorded.
 
 Sample i uses seed `--seed + i`: the same seed always gives the same video, different seeds differ.
 Writes <out>/<index>_<prompt>_seed<seed>.mp4 and .gif (.png for images), plus samples.json
@@ -32,7 +32,9 @@ _PROMPT = flags.DEFINE_multi_string("prompt", None, "Caption; repeat the flag fo
 _MODE = flags.DEFINE_enum("mode", "text", prompting.MODES, "What to make (see the module docstring).")
 _INPUT = flags.DEFINE_string("input", None, "Image or video file the mode starts from.")
 _INPUT2 = flags.DEFINE_string("input2", None, "connect: the clip to lead into.")
-_STRENGTH = flags.DEFINE_float("strength", 0.7, "edit: how far to move from the input, (0, 1].")
+_STRENGTH = flags.DEFINE_float(
+    "strength", None, "edit: how far to move from the input, (0, 1] (default 0.7). loop: how far "
+    "the clip's end is redrawn, 1 from noise (default: the run's sample.loop_strength).")
 _NEW_FRAMES = flags.DEFINE_integer("new_frames", 8, "extend, extend_back: frames to add.")
 _SECONDS = flags.DEFINE_float("seconds", 60.0, "rollout: length of the video at --fps.")
 _REFRESH = flags.DEFINE_float(
@@ -111,10 +113,12 @@ def _make(generator, captions, seeds, settings):
     else:  # a clip from the prompt, then its loop
       clips = generator.generate(captions, seeds, **size, **settings)
       notes = ["looped a clip made from the prompt"]
-    return prompting.loop(generator, clips, captions, seeds, chunk=chunk, **settings), notes
+    return prompting.loop(generator, clips, captions, seeds, chunk=chunk,
+                          strength=_STRENGTH.value, **settings), notes
   if mode == "edit":
     clips, notes = _load(_INPUT, chunk, n, max_frames=_FRAMES.value)
-    return prompting.edit(generator, clips, captions, seeds, _STRENGTH.value, **settings), notes
+    strength = prompting.EDIT_STRENGTH if _STRENGTH.value is None else _STRENGTH.value
+    return prompting.edit(generator, clips, captions, seeds, strength, **settings), notes
   raise AssertionError(mode)
 
 

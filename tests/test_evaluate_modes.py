@@ -59,6 +59,7 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
     assert all(v.dtype == np.uint8 and v.ndim == 4 for v in result["videos"]), mode
   assert results["connect"]["metrics"]["gap_frames"] == 4
   assert all(v.shape[0] == 8 for v in results["loop"]["videos"])  # 4 clip frames + 4 redrawn
+  assert results["loop"]["metrics"]["strength"] == generator.config.sample.loop_strength < 1
   assert results["connect"]["metrics"]["pace"] == 1.0  # 16x16: clips of 5 frames fit the path
   assert results["extend_back"]["metrics"]["new_frames"] == 5
   rollout = results["rollout"]["metrics"]

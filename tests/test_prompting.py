@@ -93,11 +93,28 @@ def test_connect_and_loop_join_the_given_ends(generator, calls):
                              prompting._encode_later(generator, b[:, :4]), atol=1e-5)
   looped = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk, **STEPS)
   assert looped.shape == (1, 8, 16, 16, 3)  # b's frames 1-4, then 4 redrawn frames
-  call, coded = calls[-1], generator.encode(b)
+  call = calls[-1]
+  # b's frames 1-8 are coded as the loop plays them: on repeat, the last period kept.
+  periods = 1 + -(-generator.objective.vae.decoder_history() // 2)
+  coded = generator.encode(np.concatenate([b[:, :1]] + [b[:, 1:]] * periods, axis=1))[:, -2:]
+  np.testing.assert_allclose(prompting.cycle_codes(generator, b), coded, atol=1e-6)
+  further = generator.encode(np.concatenate([b[:, :1]] + [b[:, 1:]] * (periods + 1), axis=1))
+  np.testing.assert_allclose(further[:, -2:], coded, atol=1e-4)  # the encoder's reach is covered
   # The redrawn latent frame follows b's frame 4 and leads into b's first latent frame after the
   # image one, the latent frame that follows it in the cycle.
   np.testing.assert_allclose(call["given_latents"][:, :1], generator.encode(b[:, 4:5]), atol=1e-5)
-  np.testing.assert_allclose(call["given_latents"][:, 2:], coded[:, 1:2], atol=1e-5)
+  np.testing.assert_allclose(call["given_latents"][:, 2:], coded[:, :1], atol=1e-5)
+  # strength < 1 starts the redrawn latent frame from b's own last one, part-way noised.
+  mended = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk,
+                          strength=0.5, **STEPS)
+  call = calls[-1]
+  assert mended.shape == looped.shape and call["strength"] == 0.5
+  np.testing.assert_allclose(call["source"][:, 1:2], coded[:, 1:2], atol=1e-5)
+  np.testing.assert_allclose(call["source"][:, ::2], call["given_latents"][:, ::2], atol=1e-6)
+  with pytest.raises(ValueError, match="strength=0.5 redraws the clip's own end; it needs "
+                                       "replace_end=True"):
+    prompting.loop(generator, b, ["a red circle"], [0], chunk=chunk, strength=0.5,
+                   replace_end=False)
   added = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk,
                          replace_end=False, **STEPS)
   assert added.shape == (1, 8 + 4, 16, 16, 3)  # b's frames 1-8, then the transition
@@ -105,7 +122,6 @@ def test_connect_and_loop_join_the_given_ends(generator, calls):
                              atol=1e-5)
   # The stream is periodic and long enough for the decoder's reach: one more period played
   # before it leaves the returned loop as it was.
-  periods = 1 + -(-generator.objective.vae.decoder_history() // 2)
   longer = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk,
                           periods=periods + 1, **STEPS)
   np.testing.assert_allclose(longer.astype(float), looped, atol=2)

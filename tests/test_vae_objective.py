@@ -151,7 +151,7 @@ def test_adversarial_terms_train_each_part_on_its_own_objective():
 
 
 def test_vae_loss_terms_against_closed_forms():
-  objective = _objective(kl_weight=0.01)
+  objective = _objective(kl_weight=0.01, temporal_weight=0.0)
   params = _perturbed(objective)
   batch = {"video": np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3), np.uint8)}
   loss, metrics = objective.loss(params, {}, batch, KEY, 0)
@@ -165,13 +165,38 @@ def test_vae_loss_terms_against_closed_forms():
   np.testing.assert_allclose(metrics["recon"], mse, rtol=1e-4)
   np.testing.assert_allclose(metrics["psnr"], 10 * np.log10(4 / mse), rtol=1e-4)
   np.testing.assert_allclose(loss, mse + 0.01 * kl, rtol=1e-4)
-  l1, _ = _objective(recon_loss="l1").loss(params, {}, batch, KEY, 0)
-  np.testing.assert_allclose(l1, np.mean(np.abs(np.asarray(out["recon"]) - video)) + 1e-6 * kl,
-                             rtol=1e-4)
+  l1, _ = _objective(recon_loss="l1", temporal_weight=0.0).loss(params, {}, batch, KEY, 0)
+  error = np.asarray(out["recon"], np.float64) - video
+  np.testing.assert_allclose(l1, np.mean(np.abs(error)) + 1e-6 * kl, rtol=1e-4)
+  # The temporal term: the error's frame-to-frame change, in the reconstruction term's norm.
+  change = error[:, 1:] - error[:, :-1]
+  loss, metrics = _objective(kl_weight=0.01, temporal_weight=2.0).loss(params, {}, batch, KEY, 0)
+  np.testing.assert_allclose(metrics["temporal"], np.mean(change**2), rtol=1e-4)
+  np.testing.assert_allclose(loss, mse + 0.01 * kl + 2.0 * np.mean(change**2), rtol=1e-4)
+  _, metrics = _objective(recon_loss="l1", temporal_weight=2.0).loss(params, {}, batch, KEY, 0)
+  np.testing.assert_allclose(metrics["temporal"], np.mean(np.abs(change)), rtol=1e-4)
+
+
+def test_flicker_counts_errors_that_change_between_frames(monkeypatch, tmp_path):
+  objective = _objective(eval_clips=2)
+  clips = np.full((2, 5, 16, 16, 3), 100, np.uint8)
+  monkeypatch.setattr(objective, "_clips", lambda split, count: clips)
+  to_unit = lambda pixels: np.asarray(objectives.pixels_to_unit(pixels.astype(np.float32)))
+
+  def scores(recon_pixels):
+    monkeypatch.setattr(objective, "_in_batches",
+                        lambda params, c: [to_unit(recon_pixels), None, np.zeros(2), np.zeros(2)])
+    return objective.evaluate({"vae": None}, 1, str(tmp_path))
+
+  # An error every frame shares is no flicker; one of +-4 gray levels by turns is 8 a frame.
+  assert scores(clips.astype(np.float32) + 4)["eval/flicker"] == pytest.approx(0.0, abs=1e-3)
+  turns = np.where(np.arange(5) % 2 == 0, 4.0, -4.0)[None, :, None, None, None]
+  assert scores(clips + turns)["eval/flicker"] == pytest.approx(8.0, abs=1e-3)
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("adversarial_weight", -1.0, "vae.adversarial_weight=-1.0 and vae.adversarial_start=0 must be"),
+    ("temporal_weight", -0.5, "vae.temporal_weight=-0.5 must be >= 0"),
     ("channels", (8, 0), "VAE channels=\\(8, 0\\) must be one or more positive widths"),
     ("num_res_blocks", -1, "VAE num_res_blocks=-1 must be an int >= 0"),
 ])

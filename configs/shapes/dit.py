@@ -148,6 +148,11 @@ def get_config(arg=None):
   # steps where chunks meet larger (1.45 against 1.24 times a typical step; bench/RESULTS.md,
   # issue 5 sixth pass).
   config.sample.rollout_refresh = 0.0
+  # A loop redraws its clip's last latent frames from this far towards noise, starting from the
+  # clip's own (prompting.loop); 1 draws them from noise. At 0.3 still and bouncing loops wrap at
+  # 1.05 and 1.02 times a typical step on two seeds, against 1.18 from noise; a perfect decoded
+  # loop reads 1.01 (bench/RESULTS.md, issue 5 seventh pass).
+  config.sample.loop_strength = 0.3
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = arg.batch

@@ -90,7 +90,10 @@ def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVideoVAE:
 
 
 class VAEObjective:
-  """Reconstruction (L1 or L2) + a small KL pull toward the unit Gaussian + an optional hinge GAN.
+  """Reconstruction (L1 or L2) + a small KL pull toward the unit Gaussian + an optional hinge GAN,
+  + an optional temporal term (vae.temporal_weight): the same norm of the error's change from
+  frame to frame, so a still scene decodes still rather than flickering with the decoder's
+  per-frame upsampling.
 
   Parameters are {"vae": ...}, plus {"discriminator": ...} when vae.adversarial_weight > 0. Both
   train in one step from one summed loss: the generator term sees the discriminator through
@@ -117,6 +120,10 @@ class VAEObjective:
     # Runs saved before the adversarial term have no such fields: no discriminator.
     self.adversarial_weight = float(v.get("adversarial_weight", 0.0))
     self.adversarial_start = int(v.get("adversarial_start", 0))
+    self.temporal_weight = float(v.get("temporal_weight", 0.0))  # 0 in runs saved before it
+    if self.temporal_weight < 0:
+      raise ConfigError(f"vae.temporal_weight={self.temporal_weight} must be >= 0 (0 turns the "
+                        "temporal term off)")
     if self.adversarial_weight < 0 or self.adversarial_start < 0:
       raise ConfigError(f"vae.adversarial_weight={self.adversarial_weight} and "
                         f"vae.adversarial_start={self.adversarial_start} must be >= 0 "
@@ -152,12 +159,15 @@ class VAEObjective:
     out = self.model.apply({"params": params["vae"]}, video, sample_rng=rng)
     recon_video = out["recon"].astype(jnp.float32)
     error = recon_video - video
-    recon = jnp.abs(error).mean() if self.config.vae.recon_loss == "l1" else jnp.square(error).mean()
+    norm = jnp.abs if self.config.vae.recon_loss == "l1" else jnp.square
+    recon = norm(error).mean()
     kl = vae_lib.kl_divergence(out["mean"], out["logvar"]).mean()
     mse = jnp.square(error).mean()
     psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))  # peak-to-peak range of [-1, 1] is 2
-    total = recon + self.config.vae.kl_weight * kl
-    metrics = {"recon": recon, "kl": kl, "psnr": psnr}
+    # An error the frames share is a still image's error; one that changes between them is flicker.
+    temporal = norm(jnp.diff(error, axis=1)).mean() if video.shape[1] > 1 else jnp.zeros(())
+    total = recon + self.config.vae.kl_weight * kl + self.temporal_weight * temporal
+    metrics = {"recon": recon, "kl": kl, "psnr": psnr, "temporal": temporal}
     if self.discriminator is not None:
       judge = lambda p, v: self.discriminator.apply({"params": p}, v)
       disc = params["discriminator"]
@@ -198,8 +208,9 @@ class VAEObjective:
     return [np.concatenate(parts) for parts in zip(*pieces)]
 
   def evaluate(self, params, step: int, workdir: str) -> dict[str, float]:
-    """Held-out PSNR and SSIM of the posterior mean; also writes an original | reconstruction video
-    of the first clips to workdir/reconstructions."""
+    """Held-out PSNR, SSIM and flicker (the mean change of the error from frame to frame, in gray
+    levels of 0-255) of the posterior mean; also writes an original | reconstruction video of the
+    first clips to workdir/reconstructions."""
     count = self.config.vae.get("eval_clips", 64)
     if count <= 0:
       return {}
@@ -212,6 +223,9 @@ class VAEObjective:
       video = reconstruction.side_by_side(clips[:shown], np.asarray(unit_to_pixels(recon[:shown])))
       video_io.write_mp4(os.path.join(out_dir, f"step_{step:06d}.mp4"), video, scale=4)
     scores = {"eval/psnr": float(psnr.mean()), "eval/psnr_min": float(psnr.min())}
+    if clips.shape[1] > 1:
+      error = np.asarray(unit_to_pixels(recon), np.float32) - clips.astype(np.float32)
+      scores["eval/flicker"] = float(np.abs(np.diff(error, axis=1)).mean())
     if not np.isnan(ssim).any():
       scores["eval/ssim"] = float(ssim.mean())
     return scores
