@@ -272,7 +272,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
 
 def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
                    rollout_prompts: int | None = None, seconds: float = 60.0, fps: int = 8,
-                   strength: float = 0.7,
+                   strength: float = prompting.EDIT_STRENGTH,
                    rollout_refresh: float | None = None) -> dict[str, dict]:
   """Every mode on the held-out prompts (black background): {mode: {"metrics", "videos"}}.
   `rollout_refresh` defaults to the run's sample.rollout_refresh."""
