@@ -44,6 +44,9 @@ _ROLLOUT_SECONDS = flags.DEFINE_float("rollout_seconds", 60.0, "Length of the ju
 _ROLLOUT_REFRESH = flags.DEFINE_float(
     "rollout_refresh", None, "How far each rollout chunk is redrawn, [0, 1) (default: the run's "
     "sample.rollout_refresh).")
+_LOOP_STRENGTH = flags.DEFINE_float(
+    "loop_strength", None, "How far a loop's redrawn end is noised, (0, 1] (default: the run's "
+    "sample.loop_strength).")
 _STAGE_FRAMES = flags.DEFINE_integer(
     "stage_frames", None, "Latent frames fixed per sampling stage, 0 for one pass (default: the "
     "run's sample.stage_frames).")
@@ -187,6 +190,10 @@ def main(argv):
   try:  # the flag, or the run's own setting, before hours of judging
     prompting.check_refresh(prompting.default_refresh(generator) if _ROLLOUT_REFRESH.value is None
                             else _ROLLOUT_REFRESH.value, "--rollout_refresh")
+    if _LOOP_STRENGTH.value is None:
+      prompting.default_loop_strength(generator)
+    else:
+      prompting.check_loop_strength(_LOOP_STRENGTH.value, "--loop_strength")
   except ValueError as e:
     raise configuration.ConfigError(str(e)) from e
   start = time.perf_counter()
@@ -221,7 +228,8 @@ def main(argv):
                            if _GIVEN_NOISE.value is None else _GIVEN_NOISE.value)
     modes = evaluate_modes.evaluate_modes(generator, _MODE_SEEDS.value, settings,
                                           seconds=_ROLLOUT_SECONDS.value,
-                                          rollout_refresh=_ROLLOUT_REFRESH.value)
+                                          rollout_refresh=_ROLLOUT_REFRESH.value,
+                                          loop_strength=_LOOP_STRENGTH.value)
     info["modes"] = {mode: result["metrics"] for mode, result in modes.items()}
     extra += write_modes(out, modes, time.perf_counter() - start)
     for mode, metrics in info["modes"].items():

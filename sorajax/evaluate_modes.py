@@ -162,7 +162,7 @@ def _wrap_ratios(videos) -> tuple[np.ndarray, np.ndarray]:
 CYCLIC_MOTIONS = ("static", "bouncing")
 
 
-def loop(generator, chunk, prompts, seeds, settings) -> dict:
+def loop(generator, chunk, prompts, seeds, settings, strength: float | None = None) -> dict:
   """Loops of rendered clips: is the wrap from the last frame to the first no larger than a
   typical (median) frame-to-frame change of the loop? The chunk redraws the clip's last latent
   frame, given one latent frame at each end, from `strength` (default: the run's
@@ -173,11 +173,14 @@ def loop(generator, chunk, prompts, seeds, settings) -> dict:
   Figures are given over all prompts and over those with cyclic motions; `reference_*` is the
   rendered clip's own frames coded and decoded on repeat as a loop is, with nothing generated,
   which shows where the judge puts a seamless loop of decoded frames."""
+  if strength is None:
+    strength = prompting.default_loop_strength(generator)
   jobs = _jobs(prompts, seeds)
   sources = np.stack([shapes.render_prompt(p, chunk.frames, chunk.height, chunk.width, 400 + s)
                       for p, s in jobs])
   videos = prompting.loop(generator, sources, [p.caption for p, _ in jobs], [s for _, s in jobs],
-                          chunk=chunk, first_context=1, second_context=1, **settings)
+                          chunk=chunk, first_context=1, second_context=1, strength=strength,
+                          **settings)
   cyclic = np.asarray([p.objects[0].motion in CYCLIC_MOTIONS for p, _ in jobs])
   ratios, ranks = _wrap_ratios(videos)
   reference = np.full(1, np.nan)
@@ -193,8 +196,7 @@ def loop(generator, chunk, prompts, seeds, settings) -> dict:
                       "wrap_over_median_step_cyclic": (float(np.median(ratios[cyclic]))
                                                        if cyclic.any() else float("nan")),
                       "reference_wrap_over_median_step_cyclic": float(np.median(reference)),
-                      "strength": float(settings.get("strength",
-                                                     prompting.default_loop_strength(generator))),
+                      "strength": float(strength),
                       "color": _mean(v["color"] for v in verdicts),
                       "shape": _mean(v["shape"] for v in verdicts)},
           "videos": list(videos)}
@@ -273,9 +275,11 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
 def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
                    rollout_prompts: int | None = None, seconds: float = 60.0, fps: int = 8,
                    strength: float = prompting.EDIT_STRENGTH,
-                   rollout_refresh: float | None = None) -> dict[str, dict]:
+                   rollout_refresh: float | None = None,
+                   loop_strength: float | None = None) -> dict[str, dict]:
   """Every mode on the held-out prompts (black background): {mode: {"metrics", "videos"}}.
-  `rollout_refresh` defaults to the run's sample.rollout_refresh."""
+  `strength` is the edit's; `rollout_refresh` and `loop_strength` default to the run's
+  sample.rollout_refresh and sample.loop_strength."""
   settings = settings or {}
   chunk = prompting.Chunk(generator)
   prompts = shapes.held_out_prompts("black")
@@ -284,7 +288,7 @@ def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
       "extend": extend(generator, chunk, prompts, seeds, settings, backward=False),
       "extend_back": extend(generator, chunk, prompts, seeds, settings, backward=True),
       "connect": connect(generator, chunk, prompts, seeds, settings),
-      "loop": loop(generator, chunk, prompts, seeds, settings),
+      "loop": loop(generator, chunk, prompts, seeds, settings, loop_strength),
       "edit": edit(generator, chunk, prompts, seeds, settings, strength),
       "rollout": rollout(generator, chunk, prompts[:rollout_prompts], settings, seconds, fps,
                          rollout_refresh),

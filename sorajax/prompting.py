@@ -7,8 +7,8 @@
             backward (its first frames given as the last ones), chunk after chunk, to any length
   connect   the end of clip A and the start of clip B given at the two ends of a chunk; the frames
             between them are generated
-  loop      the clip's last latent frames redrawn (or new ones added) to lead from its end back into
-            its start, decoded as one cycle
+  loop      the clip's last latent frames redrawn from part-way noised (or new ones added) to lead
+            from its end back into its start; coded and decoded as a cycle played on repeat
   edit      SDEdit: the clip's latents noised part of the way (`strength`) and denoised under a
             new prompt
   rollout   text (or an image) -> the first chunk, then each chunk given the last latent frames of
@@ -21,7 +21,8 @@ extension and rollouts, suffix for backward, ends for connect and loop, first fo
 Latent frames of the causal VAE: frame 0 codes one video frame (an image), every later one codes f
 frames (f = the VAE's temporal factor). A clip given at the start of a chunk is encoded as it is. A
 clip given later in the chunk is encoded behind one copy of its own first frame, so it gets the code
-of later frames, with a still frame as the history the causal encoder reads.
+of later frames, with a still frame as the history the causal encoder reads (a loop codes its
+clip as played on repeat instead: `cycle_codes`).
 
 Every function is batched: N videos, N captions and N seeds, one output per (video, caption, seed).
 """
@@ -258,20 +259,19 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   from noise. Below 1, a clip that nearly loops keeps its end and has only the seam mended.
 
   Coding and decoding both see the loop on repeat: the clip's frames after the first are encoded
-  played `periods` times (`cycle_codes`), and the cycle decoded played as often, the last period
-  kept each time (by default enough periods to cover the causal reach). So the latent frames at
-  the clip's start are coded, and decoded, with the loop's end as history rather than as the start
-  of a video: played on repeat, the last frame leads into the first like any other pair of
-  frames. Frame 0 of the clip, the one frame its image latent codes, has no place in the cycle.
+  played on repeat (`cycle_codes`), and the cycle is decoded played on repeat (`decode_cycle`),
+  the last period kept each time; `periods` sets both counts (default: enough to cover the causal
+  reach of each). So the latent frames at the clip's start are coded, and decoded, with a loop's
+  end as history rather than as the start of a video: played on repeat, the last frame leads into
+  the first like any other pair of frames. The coding is exact for a clip that already loops; a
+  clip whose end is redrawn was coded behind its own end, the nearest history known before the
+  redraw. Frame 0 of the clip, the one frame its image latent codes, has no place in the cycle.
   """
   check_captions(captions, seeds)
   chunk = chunk or Chunk(generator)
   first_context = first_context or connect_context(chunk)
   second_context = second_context or connect_context(chunk)
   chunk.needs(first_context + second_context)
-  if periods is not None and periods < 2:
-    raise ValueError(f"periods={periods}; play at least 2 so the loop's start has its end "
-                     f"as history")
   videos = np.asarray(videos)
   f = chunk.factor
   new = chunk.latents - first_context - second_context
@@ -285,9 +285,7 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
                                               "the clip" if replace_end else ""))
   if strength is None:
     strength = default_loop_strength(generator) if replace_end else 1.0
-  if not 0.0 < strength <= 1.0:
-    raise ValueError(f"strength={strength} must be in (0, 1]; 1 redraws the clip's end from "
-                     f"noise, small values keep more of it")
+  check_loop_strength(strength)
   if strength < 1.0 and not replace_end:
     raise ValueError(f"strength={strength} redraws the clip's own end; it needs replace_end=True")
   # The clip's latent frames after the first are coded as the loop plays them, on repeat: the
@@ -310,17 +308,27 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   return decode_cycle(generator, image, cycle, periods)
 
 
-def _periods(generator, cycle: int) -> int:
-  """Times a cycle of latent frames is played so that its last period has a whole causal reach of
-  the cycle behind it (the encoder's blocks mirror the decoder's: the same reach)."""
-  return 1 + max(1, -(-generator.objective.vae.decoder_history() // cycle))
+def _periods(generator, cycle: int, periods: int | None) -> int:
+  """Times a cycle of latent frames is played: `periods`, or by default enough that the last
+  period has a whole causal reach of the cycle behind it (the encoder's blocks mirror the
+  decoder's: the same reach)."""
+  if periods is None:
+    return 1 + max(1, -(-generator.objective.vae.decoder_history() // cycle))
+  if periods < 2:
+    raise ValueError(f"periods={periods}; play at least 2 so the loop's start has its end "
+                     f"as history")
+  return periods
 
 
 def cycle_codes(generator, videos: np.ndarray, periods: int | None = None) -> jnp.ndarray:
   """Latent frames (N, k, ...) of clips' frames after the first (N, 1+f*k, ...) played on repeat:
-  the last of `periods` periods coded behind the clip's first frame (default: `_periods`)."""
-  k = (videos.shape[1] - 1) // generator.objective.temporal_factor
-  stream = np.concatenate([videos[:, :1]] + [videos[:, 1:]] * (periods or _periods(generator, k)),
+  the last of `periods` periods coded behind the clip's first frame (`_periods`)."""
+  f = generator.objective.temporal_factor
+  if (videos.shape[1] - 1) % f or videos.shape[1] == 1:
+    raise ValueError(f"a cycle needs a clip of 1 + {f}k frames (k >= 1), got {videos.shape[1]}; "
+                     f"fit it first (prompting.fit)")
+  k = (videos.shape[1] - 1) // f
+  stream = np.concatenate([videos[:, :1]] + [videos[:, 1:]] * _periods(generator, k, periods),
                           axis=1)
   return generator.encode(stream)[:, -k:]
 
@@ -328,14 +336,23 @@ def cycle_codes(generator, videos: np.ndarray, periods: int | None = None) -> jn
 def decode_cycle(generator, image: jnp.ndarray, cycle: jnp.ndarray,
                  periods: int | None = None) -> np.ndarray:
   """Video frames (N, f*k, ...) of a cycle of k latent frames: the last of `periods` periods
-  decoded behind the image latent (default: `_periods`), so each frame has the cycle as history."""
-  stream = jnp.concatenate([image] + [cycle] * (periods or _periods(generator, cycle.shape[1])),
+  decoded behind the image latent (`_periods`), so each frame has the cycle as history."""
+  stream = jnp.concatenate([image] + [cycle] * _periods(generator, cycle.shape[1], periods),
                            axis=1)
   return generator.decode(stream)[:, -generator.objective.temporal_factor * cycle.shape[1]:]
 
 
+def check_loop_strength(strength: float, name: str = "strength") -> None:
+  if not 0.0 < strength <= 1.0:
+    raise ValueError(f"{name}={strength} must be in (0, 1]; 1 redraws the clip's end from noise, "
+                     f"small values keep more of it")
+
+
 def default_loop_strength(generator) -> float:
-  return float(generator.config.sample.get("loop_strength", 1.0))  # 1 in runs saved before it
+  """The run's sample.loop_strength (1 in runs saved before it), checked."""
+  strength = float(generator.config.sample.get("loop_strength", 1.0))
+  check_loop_strength(strength, "sample.loop_strength")
+  return strength
 
 
 def edit(generator, videos: np.ndarray, captions, seeds, strength: float,

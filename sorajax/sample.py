@@ -33,8 +33,9 @@ _MODE = flags.DEFINE_enum("mode", "text", prompting.MODES, "What to make (see th
 _INPUT = flags.DEFINE_string("input", None, "Image or video file the mode starts from.")
 _INPUT2 = flags.DEFINE_string("input2", None, "connect: the clip to lead into.")
 _STRENGTH = flags.DEFINE_float(
-    "strength", None, "edit: how far to move from the input, (0, 1] (default 0.7). loop: how far "
-    "the clip's end is redrawn, 1 from noise (default: the run's sample.loop_strength).")
+    "strength", None, f"edit: how far to move from the input, (0, 1] (default "
+    f"{prompting.EDIT_STRENGTH}). loop: how far the clip's end is redrawn, 1 from noise (default: "
+    f"the run's sample.loop_strength).")
 _NEW_FRAMES = flags.DEFINE_integer("new_frames", 8, "extend, extend_back: frames to add.")
 _SECONDS = flags.DEFINE_float("seconds", 60.0, "rollout: length of the video at --fps.")
 _REFRESH = flags.DEFINE_float(
@@ -113,8 +114,10 @@ def _make(generator, captions, seeds, settings):
     else:  # a clip from the prompt, then its loop
       clips = generator.generate(captions, seeds, **size, **settings)
       notes = ["looped a clip made from the prompt"]
-    return prompting.loop(generator, clips, captions, seeds, chunk=chunk,
-                          strength=_STRENGTH.value, **settings), notes
+    strength = (prompting.default_loop_strength(generator) if _STRENGTH.value is None
+                else _STRENGTH.value)
+    return prompting.loop(generator, clips, captions, seeds, chunk=chunk, strength=strength,
+                          **settings), notes + [f"the clip's end redrawn from strength {strength}"]
   if mode == "edit":
     clips, notes = _load(_INPUT, chunk, n, max_frames=_FRAMES.value)
     strength = prompting.EDIT_STRENGTH if _STRENGTH.value is None else _STRENGTH.value

@@ -91,9 +91,11 @@ def test_connect_and_loop_join_the_given_ends(generator, calls):
   np.testing.assert_allclose(call["given_latents"][:, :1], generator.encode(a[:, 4:]), atol=1e-5)
   np.testing.assert_allclose(call["given_latents"][:, 2:],
                              prompting._encode_later(generator, b[:, :4]), atol=1e-5)
-  looped = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk, **STEPS)
+  looped = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk,
+                          strength=1.0, **STEPS)
   assert looped.shape == (1, 8, 16, 16, 3)  # b's frames 1-4, then 4 redrawn frames
   call = calls[-1]
+  assert "source" not in call  # strength 1: the redrawn latent frame starts from noise
   # b's frames 1-8 are coded as the loop plays them: on repeat, the last period kept.
   periods = 1 + -(-generator.objective.vae.decoder_history() // 2)
   coded = generator.encode(np.concatenate([b[:, :1]] + [b[:, 1:]] * periods, axis=1))[:, -2:]
@@ -104,11 +106,12 @@ def test_connect_and_loop_join_the_given_ends(generator, calls):
   # image one, the latent frame that follows it in the cycle.
   np.testing.assert_allclose(call["given_latents"][:, :1], generator.encode(b[:, 4:5]), atol=1e-5)
   np.testing.assert_allclose(call["given_latents"][:, 2:], coded[:, :1], atol=1e-5)
-  # strength < 1 starts the redrawn latent frame from b's own last one, part-way noised.
-  mended = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk,
-                          strength=0.5, **STEPS)
+  # By default (the run's sample.loop_strength < 1) the redrawn latent frame starts from b's own
+  # last one, part-way noised.
+  mended = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk, **STEPS)
   call = calls[-1]
-  assert mended.shape == looped.shape and call["strength"] == 0.5
+  assert mended.shape == looped.shape
+  assert call["strength"] == generator.config.sample.loop_strength < 1
   np.testing.assert_allclose(call["source"][:, 1:2], coded[:, 1:2], atol=1e-5)
   np.testing.assert_allclose(call["source"][:, ::2], call["given_latents"][:, ::2], atol=1e-6)
   with pytest.raises(ValueError, match="strength=0.5 redraws the clip's own end; it needs "
@@ -123,7 +126,7 @@ def test_connect_and_loop_join_the_given_ends(generator, calls):
   # The stream is periodic and long enough for the decoder's reach: one more period played
   # before it leaves the returned loop as it was.
   longer = prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk,
-                          periods=periods + 1, **STEPS)
+                          strength=1.0, periods=periods + 1, **STEPS)
   np.testing.assert_allclose(longer.astype(float), looped, atol=2)
 
 
@@ -281,6 +284,12 @@ def test_bad_prompting_input_is_named(generator):
     prompting.loop(generator, clips(1, 5), ["a red circle"], [0], chunk=chunk)
   with pytest.raises(ValueError, match="loop needs a clip of at least 5 frames, got 1"):
     prompting.loop(generator, clips(1, 1), ["a red circle"], [0], chunk=chunk, replace_end=False)
+  with pytest.raises(ValueError, match=r"strength=1.5 must be in \(0, 1\]"):
+    prompting.loop(generator, clips(1, 9), ["a red circle"], [0], chunk=chunk, strength=1.5)
+  with pytest.raises(ValueError, match="periods=1; play at least 2"):
+    prompting.loop(generator, clips(1, 9), ["a red circle"], [0], chunk=chunk, periods=1)
+  with pytest.raises(ValueError, match=r"a cycle needs a clip of 1 \+ 4k frames \(k >= 1\), got 7"):
+    prompting.cycle_codes(generator, clips(1, 7))
   with pytest.raises(ValueError, match="leave no room in a chunk of 3; use 1 to 2"):
     prompting.extend(generator, clips(1, 9), ["a red circle"], [0], 4, context=3, chunk=chunk)
   with pytest.raises(configuration.ConfigError, match="guidance=60.0 is out of range"):
