@@ -1,7 +1,7 @@
 # make demo: install, train the VAE then the DiT on the built-in world (CPU), sample held-out prompts,
 #            write videos, a contact sheet and the judge's report under runs/demo/.
 # make test: install (with the text encoders' parity references), run the test suite (8 fake CPU
-#            devices).
+#            devices), listing its ten slowest steps against the 15-minute budget.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -32,7 +32,7 @@ $(VENV)/.parity: $(VENV)/.installed
 	touch $@
 
 test: install $(VENV)/.parity
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=10 tests
 
 demo: install
 	$(PY) -m sorajax.train --config configs/shapes/vae.py --workdir $(DEMO)/vae
