@@ -228,13 +228,40 @@ def edit(generator, chunk, prompts, seeds, settings, strength: float) -> dict:
           "videos": list(videos)}
 
 
+def true_minute_kept(generator, chunk, prompts, total: int) -> float:
+  """Share of chunk-long windows the judge keeps on the true `total`-frame videos of the prompts
+  whose motion stays in view (CYCLIC_MOTIONS: the rendered clip played on repeat, since a still or
+  bouncing path ends where it starts), coded and decoded by the run's VAE. This is where the
+  judge puts a rollout that never drifts; nan without such prompts."""
+  staying = [p for p in prompts if p.objects[0].motion in CYCLIC_MOTIONS]
+  if not staying:
+    return float("nan")
+  window = chunk.frames - 1
+  # The VAE codes 1 + factor * k frames; code the fewest that cover `total`, then cut.
+  coded_frames = chunk.video_frames(-(-(total - 1) // chunk.factor) + 1, first=True)
+  kept = []
+  for prompt in staying:  # one at a time: a video's frames are all held here
+    clip = shapes.render_prompt(prompt, chunk.frames, chunk.height, chunk.width, 400)
+    video = np.concatenate([clip[:-1]] * -(-coded_frames // window))[:coded_frames]
+    video = generator.decode(generator.encode(video[None]))[0, :total]
+    kept.extend(_color_and_shape(video[start:start + window + 1], prompt)
+                for start in range(0, total - window, window))
+  return float(np.mean(kept))
+
+
+def _color_and_shape(video: np.ndarray, prompt: shapes.Prompt) -> bool:
+  verdict = shapes_judge.judge_prompt(video, prompt)
+  return bool(verdict["color"]) and bool(verdict["shape"])
+
+
 def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
             refresh: float | None = None) -> dict:
   """Minute-long videos, one per prompt: the share of chunk-long windows (and the worst video's
   share) that still show the prompt's color and shape, over all prompts and over those whose
   motion stays in view for a minute (bouncing, standing still; the world's straight movers reach
   a wall within two clips, and training never shows what happens there). `refresh`: how far each
-  chunk is redrawn (default: the run's sample.rollout_refresh; prompting.rollout)."""
+  chunk is redrawn (default: the run's sample.rollout_refresh; prompting.rollout).
+  `reference_windows_in_view` is the judge on the in-view prompts' true videos (true_minute_kept)."""
   total = round(seconds * fps)
   if refresh is None:
     refresh = prompting.default_refresh(generator)
@@ -252,8 +279,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
       firsts = carry[:, :window + 1].copy()
     while carry.shape[1] >= window + 1:
       for i, prompt in enumerate(prompts):
-        verdict = shapes_judge.judge_prompt(carry[i, :window + 1], prompt)
-        kept[i].append(bool(verdict["color"]) and bool(verdict["shape"]))
+        kept[i].append(_color_and_shape(carry[i, :window + 1], prompt))
       lasts = carry[:, :window + 1].copy()
       carry = carry[:, window:]
   shares = np.asarray([float(np.mean(k)) for k in kept])
@@ -268,7 +294,9 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                       # seams between chunks are no larger than a typical step.
                       "seam_over_median_step": float(np.median(seams) / max(
                           float(np.median(inside)), 1.0)) if seams and inside else float("nan"),
-                      "refresh": refresh},
+                      "refresh": refresh,
+                      "reference_windows_in_view": true_minute_kept(generator, chunk, prompts,
+                                                                    total)},
           "videos": list(np.concatenate([firsts, lasts], axis=1))}
 
 

@@ -1,5 +1,7 @@
 """The prompting-mode judges: their conditioning clips and measures are right on known videos, and
 every mode runs end to end on a tiny run."""
+import types
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,7 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
       if name in ("color", "shape", "motion", "motion_continues", "ends_matched",
                   "wrap_within_typical", "color_and_shape_windows", "worst_video",
                   "color_and_shape_windows_in_view", "worst_video_in_view", "wrap_rank",
-                  "wrap_within_typical_cyclic"):
+                  "wrap_within_typical_cyclic", "reference_windows_in_view"):
         assert 0.0 <= value <= 1.0 or np.isnan(value), (mode, name, value)
     assert all(v.dtype == np.uint8 and v.ndim == 4 for v in result["videos"]), mode
   assert results["connect"]["metrics"]["gap_frames"] == 4
@@ -67,3 +69,31 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
   assert rollout["windows"] == 3  # 9-frame windows, 8 frames apart
   assert rollout["refresh"] == generator.config.sample.rollout_refresh
   assert np.isfinite(rollout["seam_over_median_step"]) and rollout["seam_over_median_step"] > 0
+
+
+class _Coder:
+  """Stands in for a run's VAE: codes a video as itself, or blacks out its frames from `lost_from`."""
+
+  def __init__(self, lost_from=None):
+    self.lost_from = lost_from
+
+  def encode(self, videos):
+    return np.array(videos)
+
+  def decode(self, latents):
+    if self.lost_from is not None:
+      latents[:, self.lost_from:] = 0
+    return latents
+
+
+def test_the_true_minute_keeps_every_window_through_a_faithful_coder():
+  chunk = types.SimpleNamespace(frames=9, height=32, width=32, factor=4,
+                                video_frames=lambda latents, first: 1 + 4 * (latents - 1))
+  prompts = shapes.held_out_prompts("black")
+  assert evaluate_modes.true_minute_kept(_Coder(), chunk, prompts, 480) == 1.0
+  # A coder that loses the object halfway loses the windows after it: 29 of the 59 are whole
+  # before frame 240, and the one across it is judged on its frames before.
+  half = evaluate_modes.true_minute_kept(_Coder(lost_from=240), chunk, prompts, 480)
+  assert 29 / 59 <= half <= 30 / 59
+  movers = [p for p in prompts if p.objects[0].motion in shapes.DIRECTIONS]
+  assert np.isnan(evaluate_modes.true_minute_kept(_Coder(), chunk, movers, 480))
