@@ -41,6 +41,9 @@ _PARAPHRASED = flags.DEFINE_bool(
     "(shapes.paraphrase): does the text encoder know words the captions never use? (default: "
     "for runs on a pretrained text encoder)")
 _ROLLOUT_SECONDS = flags.DEFINE_float("rollout_seconds", 60.0, "Length of the judged rollouts.")
+_ROLLOUT_SEEDS = flags.DEFINE_integer(
+    "rollout_seeds", 1, "Judged rollouts per held-out prompt; more count drift over more videos "
+    "(bench/RESULTS.md, issue 5 eighth pass).")
 _ROLLOUT_REFRESH = flags.DEFINE_float(
     "rollout_refresh", None, "How far each rollout chunk is redrawn, [0, 1) (default: the run's "
     "sample.rollout_refresh).")
@@ -181,7 +184,7 @@ def main(argv):
   del argv
   if not _WORKDIR.value:
     raise configuration.ConfigError("pass --workdir <DiT run>")
-  from sorajax import prompting  # pylint: disable=import-outside-toplevel
+  from sorajax import evaluate_modes, prompting  # pylint: disable=import-outside-toplevel
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
   out = _OUT.value or os.path.join(_WORKDIR.value, "report")
   generator = VideoGenerator(_WORKDIR.value)
@@ -190,6 +193,7 @@ def main(argv):
   try:  # the flag, or the run's own setting, before hours of judging
     prompting.check_refresh(prompting.default_refresh(generator) if _ROLLOUT_REFRESH.value is None
                             else _ROLLOUT_REFRESH.value, "--rollout_refresh")
+    evaluate_modes.check_rollout_seeds(_ROLLOUT_SEEDS.value, "--rollout_seeds")
     if _LOOP_STRENGTH.value is None:
       prompting.default_loop_strength(generator)
     else:
@@ -220,7 +224,6 @@ def main(argv):
     info["paraphrased"] = summarise(para_rows)
     extra += write_paraphrased(out, para_rows, para_videos, info["paraphrased"])
   if _MODES.value or (_MODES.value is None and trained_modes):
-    from sorajax import evaluate_modes  # pylint: disable=import-outside-toplevel
     start = time.perf_counter()
     settings = dict(steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value,
                     given_noise=_GIVEN_NOISE.value)
@@ -229,7 +232,8 @@ def main(argv):
     modes = evaluate_modes.evaluate_modes(generator, _MODE_SEEDS.value, settings,
                                           seconds=_ROLLOUT_SECONDS.value,
                                           rollout_refresh=_ROLLOUT_REFRESH.value,
-                                          loop_strength=_LOOP_STRENGTH.value)
+                                          loop_strength=_LOOP_STRENGTH.value,
+                                          rollout_seeds=_ROLLOUT_SEEDS.value)
     info["modes"] = {mode: result["metrics"] for mode, result in modes.items()}
     extra += write_modes(out, modes, time.perf_counter() - start)
     for mode, metrics in info["modes"].items():

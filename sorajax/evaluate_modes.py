@@ -254,21 +254,31 @@ def _color_and_shape(video: np.ndarray, prompt: shapes.Prompt) -> bool:
   return bool(verdict["color"]) and bool(verdict["shape"])
 
 
+def check_rollout_seeds(seeds: int, name: str = "rollout seeds") -> None:
+  if not (isinstance(seeds, (int, np.integer)) and seeds >= 1):
+    raise ValueError(f"{name}={seeds} must be a whole number of rollouts per prompt, 1 or more")
+
+
 def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
-            refresh: float | None = None) -> dict:
-  """Minute-long videos, one per prompt: the share of chunk-long windows (and the worst video's
-  share) that still show the prompt's color and shape, over all prompts and over those whose
-  motion stays in view for a minute (bouncing, standing still; the world's straight movers reach
-  a wall within two clips, and training never shows what happens there). `refresh`: how far each
-  chunk is redrawn (default: the run's sample.rollout_refresh; prompting.rollout).
-  `reference_windows_in_view` is the judge on the in-view prompts' true videos (true_minute_kept)."""
+            refresh: float | None = None, seeds: int = 1) -> dict:
+  """Minute-long videos, `seeds` per prompt: the share of chunk-long windows (and the worst video's
+  share) that still show the prompt's color and shape, and the share of videos that keep every
+  window, over all prompts and over those whose motion stays in view for a minute (bouncing,
+  standing still; the world's straight movers reach a wall within two clips, and training never
+  shows what happens there). A rollout that drifts mostly stays drifted, so one video per prompt
+  measures little; `seeds` > 1 counts drift over more. `refresh`: how far each chunk is redrawn
+  (default: the run's sample.rollout_refresh; prompting.rollout). `reference_windows_in_view` is
+  the judge on the in-view prompts' true videos (true_minute_kept)."""
+  check_rollout_seeds(seeds)
   total = round(seconds * fps)
   if refresh is None:
     refresh = prompting.default_refresh(generator)
-  pieces = prompting.rollout(generator, [p.caption for p in prompts], list(range(len(prompts))),
-                             total, chunk=chunk, refresh=refresh, **settings)
+  videos_of = [p for _ in range(seeds) for p in prompts]  # seed i + r * len(prompts): r-th repeat
+  pieces = prompting.rollout(generator, [p.caption for p in videos_of],
+                             list(range(len(videos_of))), total, chunk=chunk, refresh=refresh,
+                             **settings)
   window = chunk.frames - 1
-  kept, carry, firsts, lasts = [[] for _ in prompts], None, None, None
+  kept, carry, firsts, lasts = [[] for _ in videos_of], None, None, None
   seams, inside = [], []  # mean pixel change across each chunk boundary, and within chunks
   for piece in pieces:  # judged as it streams: nothing but one window is held per video
     if carry is not None:
@@ -278,18 +288,20 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
     if firsts is None:
       firsts = carry[:, :window + 1].copy()
     while carry.shape[1] >= window + 1:
-      for i, prompt in enumerate(prompts):
+      for i, prompt in enumerate(videos_of):
         kept[i].append(_color_and_shape(carry[i, :window + 1], prompt))
       lasts = carry[:, :window + 1].copy()
       carry = carry[:, window:]
   shares = np.asarray([float(np.mean(k)) for k in kept])
-  staying = np.asarray([p.objects[0].motion not in shapes.DIRECTIONS for p in prompts])
-  return {"metrics": {"frames": total, "windows": len(kept[0]),
+  staying = np.asarray([p.objects[0].motion in CYCLIC_MOTIONS for p in videos_of])
+  return {"metrics": {"frames": total, "windows": len(kept[0]), "seeds": seeds,
                       "color_and_shape_windows": float(shares.mean()),
                       "worst_video": float(shares.min()),
+                      "videos_kept_whole": float(np.mean(shares == 1.0)),
                       "color_and_shape_windows_in_view": _mean(shares[staying]),
                       "worst_video_in_view": float(shares[staying].min()) if staying.any()
                                              else float("nan"),
+                      "videos_kept_whole_in_view": _mean(shares[staying] == 1.0),
                       # A chunk's first new frame against the last one before it: 1 when the
                       # seams between chunks are no larger than a typical step.
                       "seam_over_median_step": float(np.median(seams) / max(
@@ -304,10 +316,11 @@ def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
                    rollout_prompts: int | None = None, seconds: float = 60.0, fps: int = 8,
                    strength: float = prompting.EDIT_STRENGTH,
                    rollout_refresh: float | None = None,
-                   loop_strength: float | None = None) -> dict[str, dict]:
+                   loop_strength: float | None = None,
+                   rollout_seeds: int = 1) -> dict[str, dict]:
   """Every mode on the held-out prompts (black background): {mode: {"metrics", "videos"}}.
   `strength` is the edit's; `rollout_refresh` and `loop_strength` default to the run's
-  sample.rollout_refresh and sample.loop_strength."""
+  sample.rollout_refresh and sample.loop_strength; `rollout_seeds` minutes per prompt."""
   settings = settings or {}
   chunk = prompting.Chunk(generator)
   prompts = shapes.held_out_prompts("black")
@@ -319,5 +332,5 @@ def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
       "loop": loop(generator, chunk, prompts, seeds, settings, loop_strength),
       "edit": edit(generator, chunk, prompts, seeds, settings, strength),
       "rollout": rollout(generator, chunk, prompts[:rollout_prompts], settings, seconds, fps,
-                         rollout_refresh),
+                         rollout_refresh, rollout_seeds),
   }

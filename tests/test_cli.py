@@ -105,6 +105,17 @@ def test_evaluate_writes_accuracy_and_pace(dit_workdir, tmp_path):
 
 
 @pytest.mark.parametrize("flags, needles", [
+    (["--rollout_seeds", "0"], ["--rollout_seeds=0", "1 or more"]),
+    (["--loop_strength", "0"], ["--loop_strength=0", "(0, 1]"]),
+    (["--rollout_refresh", "1"], ["--rollout_refresh=1", "[0, 1)"]),
+])
+def test_bad_evaluate_flags_fail_before_judging(dit_workdir, tmp_path, flags, needles):
+  result = run("sorajax.evaluate", "--workdir", dit_workdir, "--out", str(tmp_path), *flags)
+  assert_one_line_error(result, *needles)
+  assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("flags, needles", [
     (["--mode", "animate", "--input", "nope.png"], ["nope.png", "does not exist"]),
     (["--mode", "edit"], ["--mode=edit needs --input"]),
     (["--mode", "edit", "--input", "{video}", "--strength", "1.5"], ["strength=1.5", "(0, 1]"]),

@@ -49,14 +49,15 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
       "edit": evaluate_modes.edit(generator, chunk, prompts, 1, settings, 0.5),
       # 26 frames: a first chunk of 9, four of 4 new frames, then a piece of one frame.
       "rollout": evaluate_modes.rollout(generator, chunk, prompts[:2], settings, seconds=3.25,
-                                        fps=8),
+                                        fps=8, seeds=2),
   }
   for mode, result in results.items():
     for name, value in result["metrics"].items():
       if name in ("color", "shape", "motion", "motion_continues", "ends_matched",
                   "wrap_within_typical", "color_and_shape_windows", "worst_video",
                   "color_and_shape_windows_in_view", "worst_video_in_view", "wrap_rank",
-                  "wrap_within_typical_cyclic", "reference_windows_in_view"):
+                  "wrap_within_typical_cyclic", "reference_windows_in_view",
+                  "videos_kept_whole", "videos_kept_whole_in_view"):
         assert 0.0 <= value <= 1.0 or np.isnan(value), (mode, name, value)
     assert all(v.dtype == np.uint8 and v.ndim == 4 for v in result["videos"]), mode
   assert results["connect"]["metrics"]["gap_frames"] == 4
@@ -69,6 +70,13 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
   assert rollout["windows"] == 3  # 9-frame windows, 8 frames apart
   assert rollout["refresh"] == generator.config.sample.rollout_refresh
   assert np.isfinite(rollout["seam_over_median_step"]) and rollout["seam_over_median_step"] > 0
+  # Two minutes per prompt, each from its own seed; a whole video adds 1 to the windows' mean.
+  videos = results["rollout"]["videos"]
+  assert rollout["seeds"] == 2 and len(videos) == 4
+  assert not np.array_equal(videos[0], videos[2])
+  assert rollout["videos_kept_whole"] <= rollout["color_and_shape_windows"]
+  with pytest.raises(ValueError, match="rollout seeds=0 must be a whole number"):
+    evaluate_modes.rollout(generator, chunk, prompts[:2], settings, seconds=3.25, fps=8, seeds=0)
 
 
 class _Coder:
