@@ -241,6 +241,7 @@ def true_minute_kept(generator, chunk, prompts, total: int) -> float:
   coded_frames = chunk.video_frames(-(-(total - 1) // chunk.factor) + 1, first=True)
   kept = []
   for prompt in staying:  # one at a time: a video's frames are all held here
+    # The loop mode's first clip (render seed 400), so both references judge the same clip.
     clip = shapes.render_prompt(prompt, chunk.frames, chunk.height, chunk.width, 400)
     video = np.concatenate([clip[:-1]] * -(-coded_frames // window))[:coded_frames]
     video = generator.decode(generator.encode(video[None]))[0, :total]
