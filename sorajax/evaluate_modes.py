@@ -166,7 +166,8 @@ def loop(generator, chunk, prompts, seeds, settings, strength: float | None = No
   """Loops of rendered clips: is the wrap from the last frame to the first no larger than a
   typical (median) frame-to-frame change of the loop? The chunk redraws the clip's last latent
   frame, given one latent frame at each end, from `strength` (default: the run's
-  sample.loop_strength) of the way towards noise. A wrap no different from any other step would be
+  sample.loop_strength) of the way towards noise, at the guidance in `settings` (default: the
+  run's sample.loop_guidance). A wrap no different from any other step would be
   at or below the median only half the time, so its rank among the loop's steps is given too
   (0.5 for such a wrap, 1 for a wrap larger than every step).
 
@@ -175,6 +176,8 @@ def loop(generator, chunk, prompts, seeds, settings, strength: float | None = No
   which shows where the judge puts a seamless loop of decoded frames."""
   if strength is None:
     strength = prompting.default_loop_strength(generator)
+  guidance = settings.get("guidance")
+  guidance = prompting.default_loop_guidance(generator) if guidance is None else guidance
   jobs = _jobs(prompts, seeds)
   sources = np.stack([shapes.render_prompt(p, chunk.frames, chunk.height, chunk.width, 400 + s)
                       for p, s in jobs])
@@ -183,10 +186,10 @@ def loop(generator, chunk, prompts, seeds, settings, strength: float | None = No
                           **settings)
   cyclic = np.asarray([p.objects[0].motion in CYCLIC_MOTIONS for p, _ in jobs])
   ratios, ranks = _wrap_ratios(videos)
-  reference = np.full(1, np.nan)
+  reference, reference_ranks = np.full(1, np.nan), np.full(1, np.nan)
   if cyclic.any():
     clips = sources[cyclic]
-    reference, _ = _wrap_ratios(prompting.decode_cycle(
+    reference, reference_ranks = _wrap_ratios(prompting.decode_cycle(
         generator, generator.encode(clips[:, :1]), prompting.cycle_codes(generator, clips)))
   verdicts = [shapes_judge.judge_prompt(v, p) for v, (p, _) in zip(videos, jobs)]
   return {"metrics": {"wrap_within_typical": float(np.mean(ratios <= 1.0)),
@@ -195,8 +198,10 @@ def loop(generator, chunk, prompts, seeds, settings, strength: float | None = No
                       "wrap_within_typical_cyclic": _mean(ratios[cyclic] <= 1.0),
                       "wrap_over_median_step_cyclic": (float(np.median(ratios[cyclic]))
                                                        if cyclic.any() else float("nan")),
+                      "wrap_rank_cyclic": _mean(ranks[cyclic]),
                       "reference_wrap_over_median_step_cyclic": float(np.median(reference)),
-                      "strength": float(strength),
+                      "reference_wrap_rank_cyclic": float(np.mean(reference_ranks)),
+                      "strength": float(strength), "guidance": float(guidance),
                       "color": _mean(v["color"] for v in verdicts),
                       "shape": _mean(v["shape"] for v in verdicts)},
           "videos": list(videos)}

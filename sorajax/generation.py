@@ -31,7 +31,6 @@ from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 
 
-MAX_GUIDANCE = 50.0  # far past any useful scale: larger values only saturate the videos
 DECODE_CHUNK = 8  # latent frames per decoded piece (32 video frames at 4x temporal compression)
 
 
@@ -148,9 +147,9 @@ class VideoGenerator:
       raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
     steps = steps or self.config.sample.steps
     guidance = self.config.sample.guidance if guidance is None else guidance
-    if not 0.0 <= guidance <= MAX_GUIDANCE:
+    if not 0.0 <= guidance <= samplers.MAX_GUIDANCE:
       raise ConfigError(f"guidance={guidance} is out of range; use 0 (the null prompt only) to "
-                        f"{MAX_GUIDANCE:g} (1: no guidance)")
+                        f"{samplers.MAX_GUIDANCE:g} (1: no guidance)")
     shift = self.config.sample.get("shift", 1.0) if shift is None else shift
     sampler = sampler or self.config.sample.get("sampler", "euler")
     if sampler not in samplers.SAMPLERS:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sorajax.data import video_io
+from sorajax.diffusion.samplers import MAX_GUIDANCE
 
 EDIT_STRENGTH = 0.7  # an edit's default: keeps the layout, lets colors and shapes follow the prompt
 MODES = ("text", "image", "animate", "extend", "extend_back", "connect", "loop", "edit", "rollout")
@@ -257,6 +258,9 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   `strength` in (0, 1] (with `replace_end`; default: the run's sample.loop_strength) starts the m
   latent frames from the clip's own last m, noised that far towards noise (SDEdit); 1 draws them
   from noise. Below 1, a clip that nearly loops keeps its end and has only the seam mended.
+  Unless `settings` name a guidance, the mend runs at the run's sample.loop_guidance
+  (`default_loop_guidance`): a clip already fixes what the loop shows, and stronger guidance
+  pushes the redrawn frames' look away from the coded ones around them, a step at each seam.
 
   Coding and decoding both see the loop on repeat: the clip's frames after the first are encoded
   played on repeat (`cycle_codes`), and the cycle is decoded played on repeat (`decode_cycle`),
@@ -288,6 +292,8 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   check_loop_strength(strength)
   if strength < 1.0 and not replace_end:
     raise ValueError(f"strength={strength} redraws the clip's own end; it needs replace_end=True")
+  if settings.get("guidance") is None:
+    settings = {**settings, "guidance": default_loop_guidance(generator)}
   # The clip's latent frames after the first are coded as the loop plays them, on repeat: the
   # causal encoder reads the clip's end before its start, not the start of a video.
   clip = cycle_codes(generator, videos, periods)
@@ -353,6 +359,16 @@ def default_loop_strength(generator) -> float:
   strength = float(generator.config.sample.get("loop_strength", 1.0))
   check_loop_strength(strength, "sample.loop_strength")
   return strength
+
+
+def default_loop_guidance(generator) -> float:
+  """The run's sample.loop_guidance (its sample.guidance in runs saved before it), checked."""
+  sample = generator.config.sample
+  guidance = float(sample.get("loop_guidance", sample.guidance))
+  if not 0.0 <= guidance <= MAX_GUIDANCE:
+    raise ValueError(f"sample.loop_guidance={guidance} must be in [0, {MAX_GUIDANCE:g}]; 1 is no "
+                     f"guidance")
+  return guidance
 
 
 def edit(generator, videos: np.ndarray, captions, seeds, strength: float,

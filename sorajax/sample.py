@@ -48,7 +48,8 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Videos per prompt (seeds 
 _SEED = flags.DEFINE_integer("seed", 0, "First seed.")
 _OUT = flags.DEFINE_string("out", "samples", "Output folder.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's sample.steps).")
-_GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the run's sample.guidance).")
+_GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the run's sample.guidance; "
+                                "a loop's redrawn end: its sample.loop_guidance).")
 _SAMPLER = flags.DEFINE_string("sampler", None, "euler, heun or dpm_solver_2m (default: the run's "
                                "sample.sampler).")
 _GIVEN_NOISE = flags.DEFINE_float(
@@ -116,8 +117,12 @@ def _make(generator, captions, seeds, settings):
       notes = ["looped a clip made from the prompt"]
     strength = (prompting.default_loop_strength(generator) if _STRENGTH.value is None
                 else _STRENGTH.value)
+    guidance = (prompting.default_loop_guidance(generator) if settings["guidance"] is None
+                else settings["guidance"])
     return prompting.loop(generator, clips, captions, seeds, chunk=chunk, strength=strength,
-                          **settings), notes + [f"the clip's end redrawn from strength {strength}"]
+                          **{**settings, "guidance": guidance}), notes + [
+                              f"the clip's end redrawn from strength {strength} at guidance "
+                              f"{guidance:g}"]
   if mode == "edit":
     clips, notes = _load(_INPUT, chunk, n, max_frames=_FRAMES.value)
     strength = prompting.EDIT_STRENGTH if _STRENGTH.value is None else _STRENGTH.value

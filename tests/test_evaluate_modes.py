@@ -57,12 +57,14 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
                   "wrap_within_typical", "color_and_shape_windows", "worst_video",
                   "color_and_shape_windows_in_view", "worst_video_in_view", "wrap_rank",
                   "wrap_within_typical_cyclic", "reference_windows_in_view",
-                  "videos_kept_whole", "videos_kept_whole_in_view"):
+                  "videos_kept_whole", "videos_kept_whole_in_view", "wrap_rank_cyclic",
+                  "reference_wrap_rank_cyclic"):
         assert 0.0 <= value <= 1.0 or np.isnan(value), (mode, name, value)
     assert all(v.dtype == np.uint8 and v.ndim == 4 for v in result["videos"]), mode
   assert results["connect"]["metrics"]["gap_frames"] == 4
   assert all(v.shape[0] == 8 for v in results["loop"]["videos"])  # 4 clip frames + 4 redrawn
   assert results["loop"]["metrics"]["strength"] == generator.config.sample.loop_strength < 1
+  assert results["loop"]["metrics"]["guidance"] == generator.config.sample.loop_guidance
   assert results["connect"]["metrics"]["pace"] == 1.0  # 16x16: clips of 5 frames fit the path
   assert results["extend_back"]["metrics"]["new_frames"] == 5
   rollout = results["rollout"]["metrics"]

@@ -1,8 +1,10 @@
 """Every prompting mode on a tiny run: shapes, masks, given frames kept, boundaries, flat rollouts."""
 import tracemalloc
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -112,8 +114,13 @@ def test_connect_and_loop_join_the_given_ends(generator, calls):
   call = calls[-1]
   assert mended.shape == looped.shape
   assert call["strength"] == generator.config.sample.loop_strength < 1
+  assert call["guidance"] == STEPS["guidance"]  # a guidance asked for is kept
   np.testing.assert_allclose(call["source"][:, 1:2], coded[:, 1:2], atol=1e-5)
   np.testing.assert_allclose(call["source"][:, ::2], call["given_latents"][:, ::2], atol=1e-6)
+  # Otherwise the mend runs at the run's sample.loop_guidance, not its sample.guidance.
+  prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk, steps=2)
+  sample = generator.config.sample
+  assert calls[-1]["guidance"] == sample.loop_guidance != sample.guidance
   with pytest.raises(ValueError, match="strength=0.5 redraws the clip's own end; it needs "
                                        "replace_end=True"):
     prompting.loop(generator, b, ["a red circle"], [0], chunk=chunk, strength=0.5,
@@ -294,6 +301,15 @@ def test_bad_prompting_input_is_named(generator):
     prompting.extend(generator, clips(1, 9), ["a red circle"], [0], 4, context=3, chunk=chunk)
   with pytest.raises(configuration.ConfigError, match="guidance=60.0 is out of range"):
     prompting.text_to_image(generator, ["a red circle"], [0], steps=2, guidance=60.0)
+
+
+def test_loop_guidance_defaults_to_the_runs_guidance_and_is_range_checked():
+  def run(**sample):
+    return types.SimpleNamespace(config=ml_collections.ConfigDict({"sample": sample}))
+  assert prompting.default_loop_guidance(run(guidance=4.0, loop_guidance=1.5)) == 1.5
+  assert prompting.default_loop_guidance(run(guidance=4.0)) == 4.0  # runs saved before it
+  with pytest.raises(ValueError, match=r"sample.loop_guidance=-1.0 must be in \[0, 50\]"):
+    prompting.default_loop_guidance(run(guidance=4.0, loop_guidance=-1.0))
 
 
 def test_given_noise_is_range_checked_and_given_frames_come_back_clean(generator, monkeypatch):

@@ -151,10 +151,14 @@ def get_config(arg=None):
   # issue 5 sixth pass).
   config.sample.rollout_refresh = 0.0
   # A loop redraws its clip's last latent frames from this far towards noise, starting from the
-  # clip's own (prompting.loop); 1 draws them from noise. At 0.3 still and bouncing loops wrap at
-  # 1.05 and 1.02 times a typical step on two seeds, against 1.18 from noise; a perfect decoded
-  # loop reads 1.01 (bench/RESULTS.md, issue 5 seventh pass).
-  config.sample.loop_strength = 0.3
+  # clip's own (prompting.loop); 1 draws them from noise. It does so at loop_guidance, not
+  # guidance: the clip already fixes what the loop shows, and guidance 4 leaves the redrawn frame
+  # looking unlike the coded ones beside it. With 0.15 and 1, still and bouncing loops wrap at
+  # 1.01-1.03 times the median step on four runs (8 seeds each), as the clip's own loop, decoded
+  # with nothing generated, does (1.02); 0.3 and 4 read 1.06-1.11 (bench/RESULTS.md, issue 5
+  # ninth pass). Guidance 1 also halves the loop's sampler cost.
+  config.sample.loop_strength = 0.15
+  config.sample.loop_guidance = 1.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = arg.batch

@@ -33,6 +33,9 @@ def time_grid(steps: int, shift: float = 1.0) -> np.ndarray:
   return flow.shift_times(np.linspace(1.0, 0.0, steps + 1), shift).astype(np.float32)
 
 
+MAX_GUIDANCE = 50.0  # far past any useful scale: larger values only saturate the videos
+
+
 def guided_velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
                     guidance: float) -> jax.Array:
   """Classifier-free guidance: v_uncond + g * (v_cond - v_uncond).
