@@ -261,7 +261,8 @@ def _color_and_shape(video: np.ndarray, prompt: shapes.Prompt) -> bool:
 
 
 def check_rollout_seeds(seeds: int, name: str = "rollout seeds") -> None:
-  if not (isinstance(seeds, (int, np.integer)) and seeds >= 1):
+  # bool is an int in Python; True is a slip, not one seed.
+  if isinstance(seeds, bool) or not (isinstance(seeds, (int, np.integer)) and seeds >= 1):
     raise ValueError(f"{name}={seeds} must be a whole number of rollouts per prompt, 1 or more")
 
 

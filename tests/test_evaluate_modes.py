@@ -79,6 +79,9 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
   assert rollout["videos_kept_whole"] <= rollout["color_and_shape_windows"]
   with pytest.raises(ValueError, match="rollout seeds=0 must be a whole number"):
     evaluate_modes.rollout(generator, chunk, prompts[:2], settings, seconds=3.25, fps=8, seeds=0)
+  for bad in (True, 2.0):
+    with pytest.raises(ValueError, match=f"rollout seeds={bad} must be a whole number"):
+      evaluate_modes.check_rollout_seeds(bad)
 
 
 class _Coder:
