@@ -166,24 +166,23 @@ def loop(generator, chunk, prompts, seeds, settings, strength: float | None = No
   """Loops of rendered clips: is the wrap from the last frame to the first no larger than a
   typical (median) frame-to-frame change of the loop? The chunk redraws the clip's last latent
   frame, given one latent frame at each end, from `strength` (default: the run's
-  sample.loop_strength) of the way towards noise, at the guidance in `settings` (default: the
-  run's sample.loop_guidance). A wrap no different from any other step would be
-  at or below the median only half the time, so its rank among the loop's steps is given too
-  (0.5 for such a wrap, 1 for a wrap larger than every step).
+  sample.loop_strength) of the way towards noise, at the guidance in `settings` (default:
+  `prompting.loop_guidance`). A wrap no different from any other step would be at or below the
+  median only half the time, so its rank among the loop's steps is given too (0.5 for such a
+  wrap, 1 for a wrap larger than every step).
 
   Figures are given over all prompts and over those with cyclic motions; `reference_*` is the
   rendered clip's own frames coded and decoded on repeat as a loop is, with nothing generated,
   which shows where the judge puts a seamless loop of decoded frames."""
   if strength is None:
     strength = prompting.default_loop_strength(generator)
-  guidance = settings.get("guidance")
-  guidance = prompting.default_loop_guidance(generator) if guidance is None else guidance
+  guidance = prompting.loop_guidance(generator, strength, settings.get("guidance"))
   jobs = _jobs(prompts, seeds)
   sources = np.stack([shapes.render_prompt(p, chunk.frames, chunk.height, chunk.width, 400 + s)
                       for p, s in jobs])
   videos = prompting.loop(generator, sources, [p.caption for p, _ in jobs], [s for _, s in jobs],
                           chunk=chunk, first_context=1, second_context=1, strength=strength,
-                          **settings)
+                          **{**settings, "guidance": guidance})
   cyclic = np.asarray([p.objects[0].motion in CYCLIC_MOTIONS for p, _ in jobs])
   ratios, ranks = _wrap_ratios(videos)
   reference, reference_ranks = np.full(1, np.nan), np.full(1, np.nan)

@@ -258,9 +258,10 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   `strength` in (0, 1] (with `replace_end`; default: the run's sample.loop_strength) starts the m
   latent frames from the clip's own last m, noised that far towards noise (SDEdit); 1 draws them
   from noise. Below 1, a clip that nearly loops keeps its end and has only the seam mended.
-  Unless `settings` name a guidance, the mend runs at the run's sample.loop_guidance
-  (`default_loop_guidance`): a clip already fixes what the loop shows, and stronger guidance
-  pushes the redrawn frames' look away from the coded ones around them, a step at each seam.
+  Unless `settings` name a guidance, a mend (strength < 1) runs at the run's sample.loop_guidance
+  (`loop_guidance`): the clip already fixes what the loop shows, and stronger guidance pushes the
+  redrawn frames' look away from the coded ones around them, a step at each seam. Frames drawn
+  from noise take the run's sample.guidance, as any frames made from the prompt do.
 
   Coding and decoding both see the loop on repeat: the clip's frames after the first are encoded
   played on repeat (`cycle_codes`), and the cycle is decoded played on repeat (`decode_cycle`),
@@ -292,8 +293,7 @@ def loop(generator, videos: np.ndarray, captions, seeds, chunk: Chunk | None = N
   check_loop_strength(strength)
   if strength < 1.0 and not replace_end:
     raise ValueError(f"strength={strength} redraws the clip's own end; it needs replace_end=True")
-  if settings.get("guidance") is None:
-    settings = {**settings, "guidance": default_loop_guidance(generator)}
+  settings = {**settings, "guidance": loop_guidance(generator, strength, settings.get("guidance"))}
   # The clip's latent frames after the first are coded as the loop plays them, on repeat: the
   # causal encoder reads the clip's end before its start, not the start of a video.
   clip = cycle_codes(generator, videos, periods)
@@ -364,11 +364,21 @@ def default_loop_strength(generator) -> float:
 def default_loop_guidance(generator) -> float:
   """The run's sample.loop_guidance (its sample.guidance in runs saved before it), checked."""
   sample = generator.config.sample
+  name = "sample.loop_guidance" if "loop_guidance" in sample else "sample.guidance"
   guidance = float(sample.get("loop_guidance", sample.guidance))
   if not 0.0 <= guidance <= MAX_GUIDANCE:
-    raise ValueError(f"sample.loop_guidance={guidance} must be in [0, {MAX_GUIDANCE:g}]; 1 is no "
-                     f"guidance")
+    raise ValueError(f"{name}={guidance} must be in [0, {MAX_GUIDANCE:g}]; 1 is no guidance")
   return guidance
+
+
+def loop_guidance(generator, strength: float, guidance: float | None = None) -> float:
+  """The guidance a loop samples at: `guidance` if given; else the run's loop guidance for a
+  mend of the clip's end (strength < 1), and its sample.guidance for frames drawn from noise."""
+  if guidance is not None:
+    return float(guidance)
+  if strength < 1.0:
+    return default_loop_guidance(generator)
+  return float(generator.config.sample.guidance)
 
 
 def edit(generator, videos: np.ndarray, captions, seeds, strength: float,

@@ -117,12 +117,10 @@ def _make(generator, captions, seeds, settings):
       notes = ["looped a clip made from the prompt"]
     strength = (prompting.default_loop_strength(generator) if _STRENGTH.value is None
                 else _STRENGTH.value)
-    guidance = (prompting.default_loop_guidance(generator) if settings["guidance"] is None
-                else settings["guidance"])
+    guidance = prompting.loop_guidance(generator, strength, settings["guidance"])
+    note = f"the clip's end redrawn from strength {strength} at guidance {guidance:g}"
     return prompting.loop(generator, clips, captions, seeds, chunk=chunk, strength=strength,
-                          **{**settings, "guidance": guidance}), notes + [
-                              f"the clip's end redrawn from strength {strength} at guidance "
-                              f"{guidance:g}"]
+                          **{**settings, "guidance": guidance}), notes + [note]
   if mode == "edit":
     clips, notes = _load(_INPUT, chunk, n, max_frames=_FRAMES.value)
     strength = prompting.EDIT_STRENGTH if _STRENGTH.value is None else _STRENGTH.value

@@ -117,10 +117,14 @@ def test_connect_and_loop_join_the_given_ends(generator, calls):
   assert call["guidance"] == STEPS["guidance"]  # a guidance asked for is kept
   np.testing.assert_allclose(call["source"][:, 1:2], coded[:, 1:2], atol=1e-5)
   np.testing.assert_allclose(call["source"][:, ::2], call["given_latents"][:, ::2], atol=1e-6)
-  # Otherwise the mend runs at the run's sample.loop_guidance, not its sample.guidance.
-  prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk, steps=2)
+  # Otherwise the mend runs at the run's sample.loop_guidance, not its sample.guidance; frames
+  # drawn from noise (strength 1) take sample.guidance, as frames from the prompt do.
   sample = generator.config.sample
-  assert calls[-1]["guidance"] == sample.loop_guidance != sample.guidance
+  for strength, guidance in ((None, sample.loop_guidance), (1.0, sample.guidance)):
+    prompting.loop(generator, b, ["a green triangle bouncing"], [0], chunk=chunk, steps=2,
+                   strength=strength)
+    assert calls[-1]["guidance"] == guidance
+  assert sample.loop_guidance != sample.guidance
   with pytest.raises(ValueError, match="strength=0.5 redraws the clip's own end; it needs "
                                        "replace_end=True"):
     prompting.loop(generator, b, ["a red circle"], [0], chunk=chunk, strength=0.5,
@@ -308,8 +312,13 @@ def test_loop_guidance_defaults_to_the_runs_guidance_and_is_range_checked():
     return types.SimpleNamespace(config=ml_collections.ConfigDict({"sample": sample}))
   assert prompting.default_loop_guidance(run(guidance=4.0, loop_guidance=1.5)) == 1.5
   assert prompting.default_loop_guidance(run(guidance=4.0)) == 4.0  # runs saved before it
+  assert prompting.loop_guidance(run(guidance=4.0, loop_guidance=1.5), 0.3) == 1.5  # a mend
+  assert prompting.loop_guidance(run(guidance=4.0, loop_guidance=1.5), 1.0) == 4.0  # from noise
+  assert prompting.loop_guidance(run(guidance=4.0, loop_guidance=1.5), 0.3, 2.0) == 2.0
   with pytest.raises(ValueError, match=r"sample.loop_guidance=-1.0 must be in \[0, 50\]"):
     prompting.default_loop_guidance(run(guidance=4.0, loop_guidance=-1.0))
+  with pytest.raises(ValueError, match=r"sample.guidance=60.0 must be in \[0, 50\]"):
+    prompting.default_loop_guidance(run(guidance=60.0))
 
 
 def test_given_noise_is_range_checked_and_given_frames_come_back_clean(generator, monkeypatch):

@@ -151,7 +151,7 @@ def get_config(arg=None):
   # issue 5 sixth pass).
   config.sample.rollout_refresh = 0.0
   # A loop redraws its clip's last latent frames from this far towards noise, starting from the
-  # clip's own (prompting.loop); 1 draws them from noise. It does so at loop_guidance, not
+  # clip's own (prompting.loop); 1 draws them from noise. Below 1 it does so at loop_guidance, not
   # guidance: the clip already fixes what the loop shows, and guidance 4 leaves the redrawn frame
   # looking unlike the coded ones beside it. With 0.15 and 1, still and bouncing loops wrap at
   # 1.01-1.03 times the median step on four runs (8 seeds each), as the clip's own loop, decoded
