@@ -249,14 +249,18 @@ def true_minute_kept(generator, chunk, prompts, total: int) -> float:
     clip = shapes.render_prompt(prompt, chunk.frames, chunk.height, chunk.width, 400)
     video = np.concatenate([clip[:-1]] * -(-coded_frames // window))[:coded_frames]
     video = generator.decode(generator.encode(video[None]))[0, :total]
-    kept.extend(_color_and_shape(video[start:start + window + 1], prompt)
+    kept.extend(_window_verdict(video[start:start + window + 1], prompt) == "kept"
                 for start in range(0, total - window, window))
   return float(np.mean(kept))
 
 
-def _color_and_shape(video: np.ndarray, prompt: shapes.Prompt) -> bool:
+def _window_verdict(video: np.ndarray, prompt: shapes.Prompt) -> str:
+  """"kept" (color and shape), "misshaped" (the object is there in its color, read as another
+  shape) or "lost" (no object of the prompt's color and size)."""
   verdict = shapes_judge.judge_prompt(video, prompt)
-  return bool(verdict["color"]) and bool(verdict["shape"])
+  if not verdict["color"]:
+    return "lost"
+  return "kept" if verdict["shape"] else "misshaped"
 
 
 def check_rollout_seeds(seeds: int, name: str = "rollout seeds") -> None:
@@ -265,8 +269,12 @@ def check_rollout_seeds(seeds: int, name: str = "rollout seeds") -> None:
     raise ValueError(f"{name}={seeds} must be a whole number of rollouts per prompt, 1 or more")
 
 
+def _in_view(prompt: shapes.Prompt) -> bool:
+  return prompt.objects[0].motion in CYCLIC_MOTIONS
+
+
 def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
-            refresh: float | None = None, seeds: int = 1) -> dict:
+            refresh: float | None = None, seeds: int = 1, seen: bool = True) -> dict:
   """Minute-long videos, `seeds` per prompt: the share of chunk-long windows (and the worst video's
   share) that still show the prompt's color and shape, and the share of videos that keep every
   window, over all prompts and over those whose motion stays in view for a minute (bouncing,
@@ -274,33 +282,46 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   shows what happens there). A rollout that drifts mostly stays drifted, so one video per prompt
   measures little; `seeds` > 1 counts drift over more. `refresh`: how far each chunk is redrawn
   (default: the run's sample.rollout_refresh; prompting.rollout). `reference_windows_in_view` is
-  the judge on the in-view prompts' true videos (true_minute_kept)."""
+  the judge on the in-view prompts' true videos (true_minute_kept).
+
+  `seen`: also roll out each in-view prompt's seen counterpart (shapes.seen_counterpart: its
+  shape and motion in a color training shows them in), so that `..._seen_in_view` tells what
+  the minute loses on any prompt from what it loses on unseen combinations. `misshaped_in_view`
+  is the share of lost in-view windows whose object is there in its color but reads as another
+  shape."""
   check_rollout_seeds(seeds)
   total = round(seconds * fps)
   if refresh is None:
     refresh = prompting.default_refresh(generator)
   videos_of = [p for _ in range(seeds) for p in prompts]  # seed i + r * len(prompts): r-th repeat
+  held_out = len(videos_of)
+  if seen:
+    videos_of += [shapes.Prompt((shapes.seen_counterpart(p.objects[0]),), p.background)
+                  for p in videos_of if _in_view(p)]
   pieces = prompting.rollout(generator, [p.caption for p in videos_of],
                              list(range(len(videos_of))), total, chunk=chunk, refresh=refresh,
                              **settings)
   window = chunk.frames - 1
-  kept, carry, firsts, lasts = [[] for _ in videos_of], None, None, None
+  verdicts, carry, firsts, lasts = [[] for _ in videos_of], None, None, None
   seams, inside = [], []  # mean pixel change across each chunk boundary, and within chunks
   for piece in pieces:  # judged as it streams: nothing but one window is held per video
     if carry is not None:
-      seams.extend(np.abs(p[0].astype(np.float32) - c[-1]).mean() for c, p in zip(carry, piece))
-    inside.extend(np.median(frame_differences(p)[0]) for p in piece if len(p) > 1)
+      seams.extend(np.abs(p[0].astype(np.float32) - c[-1]).mean()
+                   for c, p in zip(carry[:held_out], piece[:held_out]))
+    inside.extend(np.median(frame_differences(p)[0]) for p in piece[:held_out] if len(p) > 1)
     carry = piece if carry is None else np.concatenate([carry, piece], axis=1)
     if firsts is None:
-      firsts = carry[:, :window + 1].copy()
+      firsts = carry[:held_out, :window + 1].copy()
     while carry.shape[1] >= window + 1:
       for i, prompt in enumerate(videos_of):
-        kept[i].append(_color_and_shape(carry[i, :window + 1], prompt))
-      lasts = carry[:, :window + 1].copy()
+        verdicts[i].append(_window_verdict(carry[i, :window + 1], prompt))
+      lasts = carry[:held_out, :window + 1].copy()
       carry = carry[:, window:]
-  shares = np.asarray([float(np.mean(k)) for k in kept])
-  staying = np.asarray([p.objects[0].motion in CYCLIC_MOTIONS for p in videos_of])
-  return {"metrics": {"frames": total, "windows": len(kept[0]), "seeds": seeds,
+  shares = np.asarray([float(np.mean([v == "kept" for v in vs])) for vs in verdicts])
+  staying = np.asarray([_in_view(p) for p in videos_of[:held_out]])
+  shares, seen_shares = shares[:held_out], shares[held_out:]
+  lost = [v for vs, stays in zip(verdicts, staying) if stays for v in vs if v != "kept"]
+  return {"metrics": {"frames": total, "windows": len(verdicts[0]), "seeds": seeds,
                       "color_and_shape_windows": float(shares.mean()),
                       "worst_video": float(shares.min()),
                       "videos_kept_whole": float(np.mean(shares == 1.0)),
@@ -308,6 +329,9 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                       "worst_video_in_view": float(shares[staying].min()) if staying.any()
                                              else float("nan"),
                       "videos_kept_whole_in_view": _mean(shares[staying] == 1.0),
+                      "misshaped_in_view": _mean(v == "misshaped" for v in lost),
+                      "color_and_shape_windows_seen_in_view": _mean(seen_shares),
+                      "videos_kept_whole_seen_in_view": _mean(seen_shares == 1.0),
                       # A chunk's first new frame against the last one before it: 1 when the
                       # seams between chunks are no larger than a typical step.
                       "seam_over_median_step": float(np.median(seams) / max(

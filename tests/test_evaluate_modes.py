@@ -58,7 +58,8 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
                   "color_and_shape_windows_in_view", "worst_video_in_view", "wrap_rank",
                   "wrap_within_typical_cyclic", "reference_windows_in_view",
                   "videos_kept_whole", "videos_kept_whole_in_view", "wrap_rank_cyclic",
-                  "reference_wrap_rank_cyclic"):
+                  "reference_wrap_rank_cyclic", "misshaped_in_view",
+                  "color_and_shape_windows_seen_in_view", "videos_kept_whole_seen_in_view"):
         assert 0.0 <= value <= 1.0 or np.isnan(value), (mode, name, value)
     assert all(v.dtype == np.uint8 and v.ndim == 4 for v in result["videos"]), mode
   assert results["connect"]["metrics"]["gap_frames"] == 4
@@ -77,11 +78,23 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
   assert rollout["seeds"] == 2 and len(videos) == 4
   assert not np.array_equal(videos[0], videos[2])
   assert rollout["videos_kept_whole"] <= rollout["color_and_shape_windows"]
+  # The one in-view prompt (the red triangle bouncing) is also rolled out as its seen counterpart.
+  assert 0.0 <= rollout["color_and_shape_windows_seen_in_view"] <= 1.0
+  assert rollout["videos_kept_whole_seen_in_view"] <= rollout["color_and_shape_windows_seen_in_view"]
   with pytest.raises(ValueError, match="rollout seeds=0 must be a whole number"):
     evaluate_modes.rollout(generator, chunk, prompts[:2], settings, seconds=3.25, fps=8, seeds=0)
   for bad in (True, 2.0):
     with pytest.raises(ValueError, match=f"rollout seeds={bad} must be a whole number"):
       evaluate_modes.check_rollout_seeds(bad)
+
+
+def test_window_verdicts_tell_a_misread_shape_from_a_lost_object():
+  square = shapes.ObjectSpec("cyan", "square", "static")
+  clip = shapes.render_prompt(shapes.Prompt((square,), "black"), 9, 32, 32, 3)
+  verdict = lambda obj: evaluate_modes._window_verdict(clip, shapes.Prompt((obj,), "black"))
+  assert verdict(square) == "kept"
+  assert verdict(shapes.ObjectSpec("cyan", "circle", "static")) == "misshaped"
+  assert verdict(shapes.ObjectSpec("red", "square", "static")) == "lost"
 
 
 class _Coder:

@@ -141,6 +141,17 @@ def test_held_out_split_definition():
   assert shapes.held_out_prompts("brown")[0].background == "brown"
 
 
+def test_seen_counterparts_keep_the_task_in_a_seen_color():
+  for prompt in shapes.held_out_prompts():
+    held = prompt.objects[0]
+    seen = shapes.seen_counterpart(held)
+    assert not shapes.is_held_out(seen)
+    assert (seen.shape, seen.motion) == (held.shape, held.motion) and seen.color != held.color
+  # The next color in COLORS order that training shows the pair in; magenta wraps to red.
+  assert shapes.seen_counterpart(shapes.ObjectSpec("cyan", "square", "bouncing")).color == "magenta"
+  assert shapes.seen_counterpart(shapes.ObjectSpec("magenta", "square", "static")).color == "red"
+
+
 def test_train_split_never_shows_held_out_triples():
   world = _world(frames=1, height=16, width=16)
   seen = set()

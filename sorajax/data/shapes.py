@@ -217,6 +217,19 @@ def all_triples() -> list[ObjectSpec]:
   return [ObjectSpec(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS]
 
 
+def seen_counterpart(obj: ObjectSpec) -> ObjectSpec:
+  """The same shape and motion in the next color (COLORS order) that training shows them in: the
+  same drawing task without the unseen combination, to tell what a held-out triple costs apart
+  from what the task does."""
+  colors = list(COLORS)
+  start = colors.index(obj.color)
+  for step in range(1, len(colors)):
+    other = ObjectSpec(colors[(start + step) % len(colors)], obj.shape, obj.motion)
+    if not is_held_out(other):
+      return other
+  raise ValueError(f"no color shows a {obj.shape} {obj.motion} in training")
+
+
 # Other wordings training captions may take (ShapesWorld's `rewording`), so that a model learns
 # that several words mean one color, shape or motion. None of them is a PARAPHRASES word: the
 # paraphrased prompts stay unseen.
