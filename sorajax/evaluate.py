@@ -179,7 +179,8 @@ def write_modes(out: str, modes: dict, seconds: float) -> list[str]:
 PERCENT_METRICS = ("color", "shape", "motion", "motion_continues", "ends_matched",
                    "wrap_within_typical", "color_and_shape_windows", "worst_video",
                    "color_and_shape_windows_in_view", "worst_video_in_view", "misshaped_in_view",
-                   "color_and_shape_windows_seen_in_view")
+                   "color_and_shape_windows_seen_in_view", "first_sixth_in_view",
+                   "last_sixth_in_view")
 
 
 def main(argv):

@@ -288,7 +288,8 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   shape and motion in a color training shows them in), so that `..._seen_in_view` tells what
   the minute loses on any prompt from what it loses on unseen combinations. `misshaped_in_view`
   is the share of lost in-view windows whose object is there in its color but reads as another
-  shape."""
+  shape; `first_sixth_in_view` and `last_sixth_in_view` the share kept in the minute's first and
+  last sixth, apart when the rollout drifts."""
   check_rollout_seeds(seeds)
   total = round(seconds * fps)
   if refresh is None:
@@ -320,7 +321,12 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   shares = np.asarray([float(np.mean([v == "kept" for v in vs])) for vs in verdicts])
   staying = np.asarray([_in_view(p) for p in videos_of[:held_out]])
   shares, seen_shares = shares[:held_out], shares[held_out:]
-  lost = [v for vs, stays in zip(verdicts, staying) if stays for v in vs if v != "kept"]
+  in_view = [vs for vs, stays in zip(verdicts, staying) if stays]
+  lost = [v for vs in in_view for v in vs if v != "kept"]
+  # The minute's first and last sixth (10 s of 60): a rollout that drifts keeps fewer at the end.
+  sixth = max(1, len(verdicts[0]) // 6)
+  first = [v == "kept" for vs in in_view for v in vs[:sixth]]
+  last = [v == "kept" for vs in in_view for v in vs[-sixth:]]
   return {"metrics": {"frames": total, "windows": len(verdicts[0]), "seeds": seeds,
                       "color_and_shape_windows": float(shares.mean()),
                       "worst_video": float(shares.min()),
@@ -330,6 +336,8 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                                              else float("nan"),
                       "videos_kept_whole_in_view": _mean(shares[staying] == 1.0),
                       "misshaped_in_view": _mean(v == "misshaped" for v in lost),
+                      "first_sixth_in_view": _mean(first),
+                      "last_sixth_in_view": _mean(last),
                       "color_and_shape_windows_seen_in_view": _mean(seen_shares),
                       "videos_kept_whole_seen_in_view": _mean(seen_shares == 1.0),
                       # A chunk's first new frame against the last one before it: 1 when the

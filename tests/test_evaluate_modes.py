@@ -59,7 +59,8 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
                   "wrap_within_typical_cyclic", "reference_windows_in_view",
                   "videos_kept_whole", "videos_kept_whole_in_view", "wrap_rank_cyclic",
                   "reference_wrap_rank_cyclic", "misshaped_in_view",
-                  "color_and_shape_windows_seen_in_view", "videos_kept_whole_seen_in_view"):
+                  "color_and_shape_windows_seen_in_view", "videos_kept_whole_seen_in_view",
+                  "first_sixth_in_view", "last_sixth_in_view"):
         assert 0.0 <= value <= 1.0 or np.isnan(value), (mode, name, value)
     assert all(v.dtype == np.uint8 and v.ndim == 4 for v in result["videos"]), mode
   assert results["connect"]["metrics"]["gap_frames"] == 4
@@ -81,6 +82,11 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
   # The one in-view prompt (the red triangle bouncing) is also rolled out as its seen counterpart.
   assert 0.0 <= rollout["color_and_shape_windows_seen_in_view"] <= 1.0
   assert rollout["videos_kept_whole_seen_in_view"] <= rollout["color_and_shape_windows_seen_in_view"]
+  # Three windows: the first and the last sixth are a window each, so three times the in-view
+  # share is their sum plus the middle window's share, which is in [0, 1].
+  ends = rollout["first_sixth_in_view"] + rollout["last_sixth_in_view"]
+  middle = 3 * rollout["color_and_shape_windows_in_view"] - ends
+  assert -1e-6 <= middle <= 1 + 1e-6
   with pytest.raises(ValueError, match="rollout seeds=0 must be a whole number"):
     evaluate_modes.rollout(generator, chunk, prompts[:2], settings, seconds=3.25, fps=8, seeds=0)
   for bad in (True, 2.0):
