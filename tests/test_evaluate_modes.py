@@ -81,7 +81,8 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
   assert rollout["videos_kept_whole"] <= rollout["color_and_shape_windows"]
   # The one in-view prompt (the red triangle bouncing) is also rolled out as its seen counterpart.
   assert 0.0 <= rollout["color_and_shape_windows_seen_in_view"] <= 1.0
-  assert rollout["videos_kept_whole_seen_in_view"] <= rollout["color_and_shape_windows_seen_in_view"]
+  seen_whole = rollout["videos_kept_whole_seen_in_view"]
+  assert seen_whole <= rollout["color_and_shape_windows_seen_in_view"]
   # Three windows: the first and the last sixth are a window each, so three times the in-view
   # share is their sum plus the middle window's share, which is in [0, 1].
   ends = rollout["first_sixth_in_view"] + rollout["last_sixth_in_view"]
@@ -97,7 +98,10 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
 def test_window_verdicts_tell_a_misread_shape_from_a_lost_object():
   square = shapes.ObjectSpec("cyan", "square", "static")
   clip = shapes.render_prompt(shapes.Prompt((square,), "black"), 9, 32, 32, 3)
-  verdict = lambda obj: evaluate_modes._window_verdict(clip, shapes.Prompt((obj,), "black"))
+
+  def verdict(obj):
+    return evaluate_modes._window_verdict(clip, shapes.Prompt((obj,), "black"))
+
   assert verdict(square) == "kept"
   assert verdict(shapes.ObjectSpec("cyan", "circle", "static")) == "misshaped"
   assert verdict(shapes.ObjectSpec("red", "square", "static")) == "lost"
