@@ -285,46 +285,50 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   the judge on the in-view prompts' true videos (true_minute_kept).
 
   `seen`: also roll out each in-view prompt's seen counterpart (shapes.seen_counterpart: its
-  shape and motion in a color training shows them in), so that `..._seen_in_view` tells what
-  the minute loses on any prompt from what it loses on unseen combinations. `misshaped_in_view`
-  is the share of lost in-view windows whose object is there in its color but reads as another
-  shape; `first_sixth_in_view` and `last_sixth_in_view` the share kept in the minute's first and
-  last sixth, apart when the rollout drifts."""
+  shape and motion in a color training shows them in) on the prompt's own seed, so that
+  `..._seen_in_view` tells what the minute loses on any prompt from what it loses on unseen
+  combinations. The other measures are of `prompts` alone: `misshaped_in_view` is the share of
+  their in-view windows not kept whose object is there in its color but reads as another shape
+  (nan when every window is kept); `first_sixth_in_view` and `last_sixth_in_view` the share kept
+  in the minute's first and last sixth, apart when the rollout drifts."""
   check_rollout_seeds(seeds)
   total = round(seconds * fps)
   if refresh is None:
     refresh = prompting.default_refresh(generator)
   videos_of = [p for _ in range(seeds) for p in prompts]  # seed i + r * len(prompts): r-th repeat
-  held_out = len(videos_of)
-  if seen:
-    videos_of += [shapes.Prompt((shapes.seen_counterpart(p.objects[0]),), p.background)
-                  for p in videos_of if _in_view(p)]
-  pieces = prompting.rollout(generator, [p.caption for p in videos_of],
-                             list(range(len(videos_of))), total, chunk=chunk, refresh=refresh,
-                             **settings)
+  asked = len(videos_of)
+  seeds_of = list(range(asked))
+  if seen:  # each on its partner's seed: the two sides differ by the prompt, not the noise
+    partners = [i for i, p in enumerate(videos_of) if _in_view(p)]
+    videos_of += [shapes.Prompt((shapes.seen_counterpart(videos_of[i].objects[0]),),
+                                videos_of[i].background) for i in partners]
+    seeds_of += partners
+  pieces = prompting.rollout(generator, [p.caption for p in videos_of], seeds_of, total,
+                             chunk=chunk, refresh=refresh, **settings)
   window = chunk.frames - 1
   verdicts, carry, firsts, lasts = [[] for _ in videos_of], None, None, None
   seams, inside = [], []  # mean pixel change across each chunk boundary, and within chunks
   for piece in pieces:  # judged as it streams: nothing but one window is held per video
     if carry is not None:
       seams.extend(np.abs(p[0].astype(np.float32) - c[-1]).mean()
-                   for c, p in zip(carry[:held_out], piece[:held_out]))
-    inside.extend(np.median(frame_differences(p)[0]) for p in piece[:held_out] if len(p) > 1)
+                   for c, p in zip(carry[:asked], piece[:asked]))
+    inside.extend(np.median(frame_differences(p)[0]) for p in piece[:asked] if len(p) > 1)
     carry = piece if carry is None else np.concatenate([carry, piece], axis=1)
     if firsts is None:
-      firsts = carry[:held_out, :window + 1].copy()
+      firsts = carry[:asked, :window + 1].copy()
     while carry.shape[1] >= window + 1:
       for i, prompt in enumerate(videos_of):
         verdicts[i].append(_window_verdict(carry[i, :window + 1], prompt))
-      lasts = carry[:held_out, :window + 1].copy()
+      lasts = carry[:asked, :window + 1].copy()
       carry = carry[:, window:]
   shares = np.asarray([float(np.mean([v == "kept" for v in vs])) for vs in verdicts])
-  staying = np.asarray([_in_view(p) for p in videos_of[:held_out]])
-  shares, seen_shares = shares[:held_out], shares[held_out:]
-  in_view = [vs for vs, stays in zip(verdicts, staying) if stays]
-  lost = [v for vs in in_view for v in vs if v != "kept"]
-  # The minute's first and last sixth (10 s of 60): a rollout that drifts keeps fewer at the end.
-  sixth = max(1, len(verdicts[0]) // 6)
+  staying = np.asarray([_in_view(p) for p in videos_of[:asked]])
+  shares, seen_shares = shares[:asked], shares[asked:]
+  in_view = [vs for vs, stays in zip(verdicts[:asked], staying) if stays]
+  not_kept = [v for vs in in_view for v in vs if v != "kept"]
+  # The minute's first and last sixth (10 of its 59 windows): a rollout that drifts keeps fewer
+  # at the end.
+  sixth = max(1, round(len(verdicts[0]) / 6))
   first = [v == "kept" for vs in in_view for v in vs[:sixth]]
   last = [v == "kept" for vs in in_view for v in vs[-sixth:]]
   return {"metrics": {"frames": total, "windows": len(verdicts[0]), "seeds": seeds,
@@ -335,7 +339,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                       "worst_video_in_view": float(shares[staying].min()) if staying.any()
                                              else float("nan"),
                       "videos_kept_whole_in_view": _mean(shares[staying] == 1.0),
-                      "misshaped_in_view": _mean(v == "misshaped" for v in lost),
+                      "misshaped_in_view": _mean(v == "misshaped" for v in not_kept),
                       "first_sixth_in_view": _mean(first),
                       "last_sixth_in_view": _mean(last),
                       "color_and_shape_windows_seen_in_view": _mean(seen_shares),

@@ -122,6 +122,56 @@ class _Coder:
     return latents
 
 
+def _on_repeat(obj: shapes.ObjectSpec, frames: int) -> np.ndarray:
+  clip = shapes.render_prompt(shapes.Prompt((obj,), "black"), 9, 32, 32, 5)
+  return np.concatenate([clip[:-1]] * -(-frames // 8))[:frames]
+
+
+def test_rollout_measures_each_side_on_known_minutes(monkeypatch):
+  """Known videos in place of a model: the held-out triangle bouncing keeps its shape for half the
+  minute, then turns into a circle; the mover is lost at once; the seen counterpart is true."""
+  triangle = shapes.ObjectSpec("red", "triangle", "bouncing")
+  mover = shapes.ObjectSpec("red", "square", "left")
+  asked = []
+
+  def known_minutes(generator, captions, seeds, total, **kwargs):
+    del generator, kwargs
+    asked.append((list(captions), list(seeds)))
+    half = _on_repeat(triangle, total // 2)
+    circle = shapes.ObjectSpec("red", "circle", "bouncing")
+    turned = np.concatenate([half, _on_repeat(circle, total - total // 2)])
+    videos = {shapes.Prompt((triangle,), "black").caption: turned,
+              shapes.Prompt((mover,), "black").caption: np.zeros_like(half[:1]).repeat(total, 0),
+              shapes.Prompt((shapes.seen_counterpart(triangle),), "black").caption:
+                  _on_repeat(shapes.seen_counterpart(triangle), total)}
+    yield np.stack([videos[c] for c in captions])
+
+  monkeypatch.setattr(prompting, "rollout", known_minutes)
+  chunk = types.SimpleNamespace(frames=9, height=32, width=32, factor=4,
+                                video_frames=lambda latents, first: 1 + 4 * (latents - 1))
+  prompts = [shapes.Prompt((triangle,), "black"), shapes.Prompt((mover,), "black")]
+  metrics = evaluate_modes.rollout(_Coder(), chunk, prompts, {}, seconds=10, fps=8,
+                                   refresh=0.0)["metrics"]
+  # The seen counterpart (the green triangle bouncing) runs on its partner's seed, 0.
+  assert asked[0][1] == [0, 1, 0] and asked[0][0][2].startswith("a green triangle bouncing")
+  assert metrics["windows"] == 9  # 80 frames: windows start every 8 frames up to frame 64
+  assert metrics["first_sixth_in_view"] == 1.0 and metrics["last_sixth_in_view"] == 0.0
+  assert metrics["misshaped_in_view"] == 1.0  # the lost windows still show a red object
+  assert 4 / 9 <= metrics["color_and_shape_windows_in_view"] <= 5 / 9
+  assert metrics["color_and_shape_windows"] == metrics["color_and_shape_windows_in_view"] / 2
+  assert metrics["videos_kept_whole_in_view"] == 0.0
+  assert metrics["color_and_shape_windows_seen_in_view"] == 1.0
+  assert metrics["videos_kept_whole_seen_in_view"] == 1.0
+  alone = evaluate_modes.rollout(_Coder(), chunk, prompts, {}, seconds=10, fps=8, refresh=0.0,
+                                 seen=False)["metrics"]
+  assert len(asked[-1][0]) == 2 and np.isnan(alone["color_and_shape_windows_seen_in_view"])
+  movers = evaluate_modes.rollout(_Coder(), chunk, prompts[1:], {}, seconds=10, fps=8,
+                                  refresh=0.0)["metrics"]
+  assert len(asked[-1][0]) == 1  # no prompt in view: no counterpart either
+  assert all(np.isnan(movers[k]) for k in ("first_sixth_in_view", "misshaped_in_view",
+                                           "color_and_shape_windows_seen_in_view"))
+
+
 def test_the_true_minute_keeps_every_window_through_a_faithful_coder():
   chunk = types.SimpleNamespace(frames=9, height=32, width=32, factor=4,
                                 video_frames=lambda latents, first: 1 + 4 * (latents - 1))

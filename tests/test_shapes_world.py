@@ -152,6 +152,18 @@ def test_seen_counterparts_keep_the_task_in_a_seen_color():
   assert shapes.seen_counterpart(shapes.ObjectSpec("magenta", "square", "static")).color == "red"
 
 
+def test_seen_counterparts_skip_colors_held_out_too(monkeypatch):
+  real = shapes.is_held_out
+  monkeypatch.setattr(shapes, "is_held_out",
+                      lambda obj: real(obj) or obj == shapes.ObjectSpec("green", "triangle",
+                                                                        "bouncing"))
+  held = shapes.ObjectSpec("red", "triangle", "bouncing")
+  assert shapes.seen_counterpart(held).color == "blue"
+  monkeypatch.setattr(shapes, "is_held_out", lambda obj: obj.motion == "bouncing")
+  with pytest.raises(ValueError, match="no color shows a triangle bouncing in training"):
+    shapes.seen_counterpart(held)
+
+
 def test_train_split_never_shows_held_out_triples():
   world = _world(frames=1, height=16, width=16)
   seen = set()

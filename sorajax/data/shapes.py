@@ -220,7 +220,7 @@ def all_triples() -> list[ObjectSpec]:
 def seen_counterpart(obj: ObjectSpec) -> ObjectSpec:
   """The same shape and motion in the next color (COLORS order) that training shows them in: the
   same drawing task without the unseen combination, to tell what a held-out triple costs apart
-  from what the task does."""
+  from what the task does. With is_held_out's split the next color is always seen."""
   colors = list(COLORS)
   start = colors.index(obj.color)
   for step in range(1, len(colors)):
