@@ -162,6 +162,10 @@ def _wrap_ratios(videos) -> tuple[np.ndarray, np.ndarray]:
 CYCLIC_MOTIONS = ("static", "bouncing")
 
 
+def _in_view(prompt: shapes.Prompt) -> bool:
+  return prompt.objects[0].motion in CYCLIC_MOTIONS
+
+
 def loop(generator, chunk, prompts, seeds, settings, strength: float | None = None) -> dict:
   """Loops of rendered clips: is the wrap from the last frame to the first no larger than a
   typical (median) frame-to-frame change of the loop? The chunk redraws the clip's last latent
@@ -183,7 +187,7 @@ def loop(generator, chunk, prompts, seeds, settings, strength: float | None = No
   videos = prompting.loop(generator, sources, [p.caption for p, _ in jobs], [s for _, s in jobs],
                           chunk=chunk, first_context=1, second_context=1, strength=strength,
                           **{**settings, "guidance": guidance})
-  cyclic = np.asarray([p.objects[0].motion in CYCLIC_MOTIONS for p, _ in jobs])
+  cyclic = np.asarray([_in_view(p) for p, _ in jobs])
   ratios, ranks = _wrap_ratios(videos)
   reference, reference_ranks = np.full(1, np.nan), np.full(1, np.nan)
   if cyclic.any():
@@ -237,7 +241,7 @@ def true_minute_kept(generator, chunk, prompts, total: int) -> float:
   whose motion stays in view (CYCLIC_MOTIONS: the rendered clip played on repeat, since a still or
   bouncing path ends where it starts), coded and decoded by the run's VAE. This is where the
   judge puts a rollout that never drifts; nan without such prompts."""
-  staying = [p for p in prompts if p.objects[0].motion in CYCLIC_MOTIONS]
+  staying = [p for p in prompts if _in_view(p)]
   if not staying:
     return float("nan")
   window = chunk.frames - 1
@@ -267,10 +271,6 @@ def check_rollout_seeds(seeds: int, name: str = "rollout seeds") -> None:
   # bool is an int in Python; True is a slip, not one seed.
   if isinstance(seeds, bool) or not (isinstance(seeds, (int, np.integer)) and seeds >= 1):
     raise ValueError(f"{name}={seeds} must be a whole number of rollouts per prompt, 1 or more")
-
-
-def _in_view(prompt: shapes.Prompt) -> bool:
-  return prompt.objects[0].motion in CYCLIC_MOTIONS
 
 
 def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
