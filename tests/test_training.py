@@ -4,7 +4,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache as compilation_cache_lib
 
 from sorajax import configuration
 from sorajax.data import pipeline
@@ -46,24 +45,12 @@ def test_sharded_step_matches_single_device(objective, vae_workdir, tmp_path):
                params_8, params_1)
 
 
-@pytest.fixture
-def compilation_cache(tmp_path):
-  """A persistent compilation cache of this test's own: a program compiled again (the same step
-  in another run) is loaded from it instead."""
-  previous = jax.config.jax_compilation_cache_dir
-  compilation_cache_lib.set_cache_dir(str(tmp_path / "compiled"))
-  compilation_cache_lib.reset_cache()  # the directory is read when the cache is first used
-  yield
-  compilation_cache_lib.set_cache_dir(previous)
-  compilation_cache_lib.reset_cache()
-
-
-@pytest.mark.usefixtures("compilation_cache")
 def test_checkpoint_resume_continues_identically(tmp_path):
   from sorajax import train  # pylint: disable=import-outside-toplevel
   # The schedule decays over max(num_steps, warmup_steps + 1) steps: with 3 warm-up steps it is
-  # the same at 2 and 4 steps, so the three runs compile the same programs (the cache serves the
-  # second and third). Evaluation and latent statistics on one batch of clips.
+  # the same at 2 and 4 steps, so the three runs compile the same programs (the test run's
+  # compilation cache, conftest.py, serves the second and third). Evaluation and latent
+  # statistics on one batch of clips.
   config = lambda steps: tiny_config(VAE_CONFIG, steps=steps, **{
       "train.warmup_steps": 3, "vae.eval_clips": 8, "vae.latent_stats_clips": 8})
   straight = train.train_and_evaluate(config(4), str(tmp_path / "a"))
@@ -75,6 +62,28 @@ def test_checkpoint_resume_continues_identically(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                jax.device_get(resumed.params), jax.device_get(straight.params))
   assert os.path.isfile(tmp_path / "a" / "config.json")
+
+
+def test_checkpoint_round_trips_small_replicated_large_and_sharded_arrays(tmp_path):
+  """Small replicated arrays are written whole by one replica, those of 1 MiB slices and more by
+  all replicas in slices; both and a sharded array come back as saved."""
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  from sorajax.training import checkpoint  # pylint: disable=import-outside-toplevel
+  mesh = jax.make_mesh((8,), ("fsdp",))
+  replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("fsdp"))
+  values = jax.random.normal(jax.random.key(0), (8 * 2**18 + 40,))  # 8 MiB, then 160 B
+  state = {"bias": jax.device_put(values[-40:], replicated),
+           "large": jax.device_put(values[:8 * 2**18].reshape(-1, 8), replicated),
+           "sharded": jax.device_put(values[:64].reshape(8, 8), split)}
+  saver = checkpoint.Checkpointer(str(tmp_path), every=1, keep=None)
+  saver.save(1, state)
+  saver.wait()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  restored = checkpoint.Checkpointer(str(tmp_path), every=1, keep=None).restore(1, abstract)
+  for name in state:
+    np.testing.assert_array_equal(restored[name], state[name])
+    assert restored[name].sharding == state[name].sharding
 
 
 def test_sampling_is_deterministic_per_seed(dit_workdir):

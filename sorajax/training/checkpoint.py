@@ -15,6 +15,30 @@ import orbax.checkpoint as ocp
 from sorajax.configuration import ConfigError
 from sorajax.training.metrics import is_time
 
+# Orbax has the replicas of a replicated array each write a slice of it. Every slice is an eager
+# op compiled per shape and device: for a DiT's hundreds of small leaves (norms, biases, scalars)
+# that is seconds of compiling per process, for writes that take microseconds. Only arrays whose
+# slices reach 1 MiB are split; smaller ones are written whole by the first replica.
+_MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+def _register_array_handler():
+  default = ocp.type_handlers.get_type_handler(jax.Array)
+  handler = ocp.type_handlers.ArrayHandler(
+      min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES,
+      # The default handler's store records which arrays are PRNG keys; keep it.
+      array_metadata_store=getattr(default, "_array_metadata_store", None))
+  orbax_log = logging.getLogger("absl")  # orbax warns of every override, this intended one too
+  level = orbax_log.level
+  orbax_log.setLevel(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    orbax_log.setLevel(level)
+
+
+_register_array_handler()
+
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
