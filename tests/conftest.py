@@ -1,9 +1,14 @@
 """Every test sees 8 fake CPU devices, so sharded paths run on one machine.
 
 Tests run few steps of tiny models, so XLA's compile time dominates: the flags below trade
-generated-code speed for a 3-5x faster compile.
+generated-code speed for a 3-5x faster compile, and one persistent compilation cache per test run,
+shared by the pytest-xdist workers and the subprocesses they start, compiles each program once
+(tests build many runs of the same tiny models; a subprocess starts with an empty in-memory cache).
+It starts empty each run, so no program compiled by an earlier run is reused.
 """
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join([
     os.environ.get("XLA_FLAGS", ""),
@@ -14,6 +19,24 @@ os.environ["XLA_FLAGS"] = " ".join([
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # pylint: disable=wrong-import-position
+
+_CACHE = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+  """The first process (xdist's controller, or the only one) makes the run's cache; workers
+  started after this inherit it through the environment."""
+  if _CACHE not in os.environ:
+    config.sorajax_cache = os.environ[_CACHE] = tempfile.mkdtemp(prefix="sorajax-xla-cache-")
+  # Every program, however quick to compile: the tiny models' programs each take well under the
+  # default second, yet there are hundreds of them.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config):
+  if getattr(config, "sorajax_cache", None):
+    shutil.rmtree(config.sorajax_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
