@@ -57,9 +57,6 @@ def test_one_compile_per_bucket(vae_workdir, tmp_path, monkeypatch):
 
   monkeypatch.setattr(pipeline.BucketedBatches, "__next__", spy)
   config = _bucketed_config(vae_workdir, 6)
-  # Parameters sharded over FSDP, not replicated: orbax slices every replicated array per replica
-  # to save it, compiling each slice, which costs a data-parallel run ~10 s at its first checkpoint.
-  config.mesh.fsdp = 8
   try:
     train.train_and_evaluate(config, str(tmp_path))
   finally:
