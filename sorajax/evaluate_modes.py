@@ -279,8 +279,9 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   share) that still show the prompt's color and shape, and the share of videos that keep every
   window, over all prompts and over those whose motion stays in view for a minute (bouncing,
   standing still; the world's straight movers reach a wall within two clips, and training never
-  shows what happens there). A rollout that drifts mostly stays drifted, so one video per prompt
-  measures little; `seeds` > 1 counts drift over more. `refresh`: how far each chunk is redrawn
+  shows what happens there). Which windows a minute keeps varies from seed to seed (and at few
+  training steps a rollout that drifts mostly stays drifted), so one video per prompt measures
+  little; `seeds` > 1 counts over more. `refresh`: how far each chunk is redrawn
   (default: the run's sample.rollout_refresh; prompting.rollout). `reference_windows_in_view` is
   the judge on the in-view prompts' true videos (true_minute_kept).
 
@@ -359,10 +360,11 @@ def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
                    strength: float = prompting.EDIT_STRENGTH,
                    rollout_refresh: float | None = None,
                    loop_strength: float | None = None,
-                   rollout_seeds: int = 1) -> dict[str, dict]:
+                   rollout_seeds: int = 1, rollout_seen: bool = True) -> dict[str, dict]:
   """Every mode on the held-out prompts (black background): {mode: {"metrics", "videos"}}.
   `strength` is the edit's; `rollout_refresh` and `loop_strength` default to the run's
-  sample.rollout_refresh and sample.loop_strength; `rollout_seeds` minutes per prompt."""
+  sample.rollout_refresh and sample.loop_strength; `rollout_seeds` minutes per prompt;
+  `rollout_seen`: also the in-view prompts' seen counterparts (`rollout`)."""
   settings = settings or {}
   chunk = prompting.Chunk(generator)
   prompts = shapes.held_out_prompts("black")
@@ -374,5 +376,5 @@ def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,
       "loop": loop(generator, chunk, prompts, seeds, settings, loop_strength),
       "edit": edit(generator, chunk, prompts, seeds, settings, strength),
       "rollout": rollout(generator, chunk, prompts[:rollout_prompts], settings, seconds, fps,
-                         rollout_refresh, rollout_seeds),
+                         rollout_refresh, rollout_seeds, seen=rollout_seen),
   }
