@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -149,14 +150,14 @@ def load_safetensors(path: str, config: BertConfig) -> dict:
   expected = jax.eval_shape(
       lambda: BertEncoder(config).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
                                        jnp.ones((1, 2), bool)))["params"]
-  expected = nn.unbox(expected)
-  params, used = {}, set()
+  expected = traverse_util.flatten_dict(nn.unbox(expected))
+  flat, used = {}, set()  # {path in our tree: value}
   for ours, (sources, build) in _hf_names(config).items():
     missing = [s for s in sources if s not in tensors]
     if missing:
       raise ValueError(f"{path} has no tensor {missing[0]}; is it a BERT model of this config "
                        f"({config})?")
-    want = _get(expected, ours).shape
+    want = expected[ours].shape
     try:
       value = np.asarray(build(*(tensors[s] for s in sources)), np.float32)
     except ValueError:  # a q, k, v or out weight of the wrong size does not even reshape
@@ -165,22 +166,10 @@ def load_safetensors(path: str, config: BertConfig) -> dict:
       got = ", ".join(str(tensors[s].shape) for s in sources)
       raise ValueError(f"{path}: {', '.join(sources)} of shape {got} do not fit "
                        f"{'/'.join(ours)} {want}; the config does not match the weights")
-    _set(params, ours, value)
+    flat[ours] = value
     used.update(sources)
   extra = sorted(n for n in tensors if n not in used and not n.startswith(_UNUSED_PREFIXES))
   if extra:
     raise ValueError(f"{path} holds tensor {extra[0]} (and {len(extra) - 1} more) this encoder "
                      "does not use; is it a BERT model?")
-  return params
-
-
-def _get(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree, path, value):
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
+  return traverse_util.unflatten_dict(flat)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -225,7 +226,7 @@ def load_safetensors(path: str, config: T5Config) -> dict:
   embedding = tensors.pop("encoder.embed_tokens.weight", None)
   if embedding is not None:
     tensors.setdefault("shared.weight", embedding)
-  params, used = {}, set()
+  flat, used = {}, set()  # {path in our tree: value}
   for ours, (sources, shape, build) in _hf_names(config).items():
     missing = [s for s in sources if s not in tensors]
     if missing:
@@ -236,17 +237,11 @@ def load_safetensors(path: str, config: T5Config) -> dict:
       if tensors[s].shape != shape:
         raise ValueError(f"{path}: {s} has shape {tensors[s].shape}, expected {shape}; the "
                          "config does not match the weights")
-    _set(params, ours, np.asarray(build(*(tensors[s] for s in sources)), np.float32))
+    flat[ours] = np.asarray(build(*(tensors[s] for s in sources)), np.float32)
     used.update(sources)
   extra = sorted(n for n in tensors if n not in used and not n.startswith(_UNUSED_PREFIXES))
   if extra:
     raise ValueError(f"{path} holds tensor {extra[0]} (and {len(extra) - 1} more) this encoder "
                      "does not use; is it a T5 model of this config (a umT5 one needs "
                      "model_type umt5)?")
-  return params
-
-
-def _set(tree, path, value):
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
+  return traverse_util.unflatten_dict(flat)
