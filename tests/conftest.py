@@ -4,7 +4,8 @@ Tests run few steps of tiny models, so XLA's compile time dominates: the flags b
 generated-code speed for a 3-5x faster compile, and one persistent compilation cache per test run,
 shared by the pytest-xdist workers and the subprocesses they start, compiles each program once
 (tests build many runs of the same tiny models; a subprocess starts with an empty in-memory cache).
-It starts empty each run, so no program compiled by an earlier run is reused.
+It starts empty each run (unless JAX_COMPILATION_CACHE_DIR names one already), so no program
+compiled by an earlier run is reused.
 """
 import os
 import shutil
