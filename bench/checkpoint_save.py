@@ -6,8 +6,9 @@ slices up), in one run.
       [--devices 8]
 
 Each handler saves in a fresh process (a process compiles each eager slice once, so the first
-save is the one that pays): the train state of the config (default: the demo VAE) replicated over
---devices fake CPU devices (a data-parallel mesh), saved once and waited for. Prints each
+save is the one that pays): a freshly initialised train state of the config (default: the demo
+VAE config) replicated over --devices fake CPU devices (a data-parallel mesh), saved once and
+waited for. Prints each
 handler's seconds, the compiles it triggered and the ratio.
 """
 import argparse

@@ -168,15 +168,19 @@ MODE_TITLES = {
 def write_modes(out: str, modes: dict, seconds: float) -> list[str]:
   """Contact sheets per mode; returns the report's markdown lines."""
   os.makedirs(os.path.join(out, "modes"), exist_ok=True)
+  seen = not np.isnan(modes.get("rollout", {}).get("metrics", {}).get(
+      "color_and_shape_windows_seen_in_view", np.nan))
   lines = ["", "## Prompting modes", "",
-           f"Held-out prompts, judged by the world's judge ({seconds:.0f} s for all modes); "
-           "the rollouts' `..._seen_in_view` measures are of each in-view prompt's seen "
-           "counterpart (its shape and motion in a color training shows them in). Sheets in "
-           "`modes/`.", "", "| mode | measure | value |", "|---|---|---|"]
+           f"Held-out prompts, judged by the world's judge ({seconds:.0f} s for all modes)"
+           + ("; the rollouts' `..._seen_in_view` measures are of each in-view prompt's seen "
+              "counterpart (its shape and motion in a color training shows them in)" if seen
+              else "") + ". Sheets in `modes/`.", "", "| mode | measure | value |", "|---|---|---|"]
   for mode, result in modes.items():
     video_io.write_png(os.path.join(out, "modes", f"{mode}.png"),
                        video_io.upscale(video_io.contact_sheet(result["videos"]), 2))
     for name, value in result["metrics"].items():
+      if name.endswith("_seen_in_view") and not seen:
+        continue  # --norollout_seen
       shown = f"{100 * value:.1f}%" if name in PERCENT_METRICS else f"{value:.3g}"
       lines.append(f"| {MODE_TITLES[mode]} | {name} | {shown} |")
   return lines

@@ -27,17 +27,19 @@ _CACHE = "JAX_COMPILATION_CACHE_DIR"
 def pytest_configure(config):
   """The first process (xdist's controller, or the only one) makes the run's cache; workers
   started after this inherit it through the environment."""
-  if _CACHE not in os.environ:
-    config.sorajax_cache = os.environ[_CACHE] = tempfile.mkdtemp(prefix="sorajax-xla-cache-")
+  if _CACHE in os.environ:
+    return
+  config.sorajax_cache = os.environ[_CACHE] = tempfile.mkdtemp(prefix="sorajax-xla-cache-")
   # Every program, however quick to compile: the tiny models' programs each take well under the
   # default second, yet there are hundreds of them.
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 def pytest_unconfigure(config):
   if getattr(config, "sorajax_cache", None):
     shutil.rmtree(config.sorajax_cache, ignore_errors=True)
+    os.environ.pop(_CACHE, None)
+    os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
 
 
 @pytest.fixture(scope="session")

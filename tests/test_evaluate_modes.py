@@ -183,3 +183,21 @@ def test_the_true_minute_keeps_every_window_through_a_faithful_coder():
   assert 29 / 59 <= half <= 30 / 59
   movers = [p for p in prompts if p.objects[0].motion in shapes.DIRECTIONS]
   assert np.isnan(evaluate_modes.true_minute_kept(_Coder(), chunk, movers, 480))
+
+
+def test_the_modes_report_shows_the_seen_side_only_when_it_was_rolled_out(tmp_path):
+  from sorajax import evaluate  # pylint: disable=import-outside-toplevel
+  video = [np.zeros((9, 16, 16, 3), np.uint8)]
+
+  def report(seen_share):
+    metrics = {"color_and_shape_windows": 0.8, "videos_kept_whole": 0.25,
+               "color_and_shape_windows_seen_in_view": seen_share,
+               "videos_kept_whole_seen_in_view": seen_share}
+    return "\n".join(evaluate.write_modes(str(tmp_path), {"rollout": {"metrics": metrics,
+                                                                      "videos": video}}, 1.0))
+
+  with_seen = report(0.5)
+  assert "seen counterpart" in with_seen and "| videos_kept_whole_seen_in_view | 50.0% |" in with_seen
+  assert "| videos_kept_whole | 25.0% |" in with_seen
+  alone = report(float("nan"))  # --norollout_seen
+  assert "seen" not in alone and "nan" not in alone and "| videos_kept_whole | 25.0% |" in alone

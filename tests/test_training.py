@@ -78,6 +78,12 @@ def test_checkpoint_round_trips_small_replicated_large_and_sharded_arrays(tmp_pa
   saver = checkpoint.Checkpointer(str(tmp_path), every=1, keep=None)
   saver.save(1, state)
   saver.wait()
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  written = ocp.StandardCheckpointer().metadata(
+      os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "1", "state")).item_metadata
+  # Orbax's default writes the bias in (5,) slices, one per replica.
+  assert written["bias"].storage.write_shape == (40,)
+  assert written["large"].storage.write_shape == (2**15, 8)  # 1 MiB: each replica writes one
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
   restored = checkpoint.Checkpointer(str(tmp_path), every=1, keep=None).restore(1, abstract)

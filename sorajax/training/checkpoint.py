@@ -24,10 +24,21 @@ _MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 def _register_array_handler():
   default = ocp.type_handlers.get_type_handler(jax.Array)
-  handler = ocp.type_handlers.ArrayHandler(
-      min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES,
-      # The default handler's store records which arrays are PRNG keys; keep it.
-      array_metadata_store=getattr(default, "_array_metadata_store", None))
+  handler = None
+  # Someone else's handler, or an orbax whose handler has changed, is left in place: saves stay
+  # correct, only slower. (The store records which arrays are PRNG keys; it must carry over.)
+  if (type(default) is ocp.type_handlers.ArrayHandler  # pylint: disable=unidiomatic-typecheck
+      and hasattr(default, "_array_metadata_store")):
+    try:
+      handler = ocp.type_handlers.ArrayHandler(
+          min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES,
+          array_metadata_store=default._array_metadata_store)  # pylint: disable=protected-access
+    except TypeError:
+      pass
+  if handler is None:
+    logging.info("orbax's jax.Array handler (%s) left in place: small replicated arrays are "
+                 "saved in per-replica slices", type(default).__name__)
+    return
   orbax_log = logging.getLogger("absl")  # orbax warns of every override, this intended one too
   level = orbax_log.level
   orbax_log.setLevel(logging.ERROR)
