@@ -186,14 +186,14 @@ def test_the_true_minute_keeps_every_window_through_a_faithful_coder():
 
 
 def test_the_modes_report_shows_the_seen_side_only_when_it_was_rolled_out(tmp_path):
-  from sorajax import evaluate  # pylint: disable=import-outside-toplevel
+  from sorajax import evaluate_report  # pylint: disable=import-outside-toplevel
   video = [np.zeros((9, 16, 16, 3), np.uint8)]
 
   def report(seen_share):
     metrics = {"color_and_shape_windows": 0.8, "videos_kept_whole": 0.25,
                "color_and_shape_windows_seen_in_view": seen_share,
                "videos_kept_whole_seen_in_view": seen_share}
-    return "\n".join(evaluate.write_modes(str(tmp_path), {"rollout": {"metrics": metrics,
+    return "\n".join(evaluate_report.write_modes(str(tmp_path), {"rollout": {"metrics": metrics,
                                                                       "videos": video}}, 1.0))
 
   with_seen = report(0.5)
