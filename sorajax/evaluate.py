@@ -20,9 +20,9 @@ import numpy as np
 from absl import flags
 
 from sorajax import configuration
+from sorajax.data import shapes, shapes_judge
 from sorajax.evaluate_report import (ATTRIBUTES, two_places, write_modes, write_paraphrased,
                                      write_report)
-from sorajax.data import shapes, shapes_judge
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A DiT run made by sorajax.train.")
 _OUT = flags.DEFINE_string("out", None, "Report folder (default: <workdir>/report).")
