@@ -30,9 +30,10 @@ def save_once(config_path: str, vae_workdir: str | None, handler: str) -> None:
   from sorajax.training import checkpoint, objectives  # pylint: disable=import-outside-toplevel
   from sorajax.training import state as state_lib  # pylint: disable=import-outside-toplevel
   if handler == "default":  # orbax's own, as registered before sorajax's replaced it
-    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
-        array_metadata_store=ocp.type_handlers.get_type_handler(jax.Array)._array_metadata_store),  # pylint: disable=protected-access
-        override=True)
+    ours = ocp.type_handlers.get_type_handler(jax.Array)
+    store = ours._array_metadata_store  # pylint: disable=protected-access
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(array_metadata_store=store), override=True)
   config = configuration.load_config_file(config_path)
   if vae_workdir:
     config.vae_workdir = vae_workdir

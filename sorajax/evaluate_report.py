@@ -84,11 +84,12 @@ def write_modes(out: str, modes: dict, seconds: float) -> list[str]:
   os.makedirs(os.path.join(out, "modes"), exist_ok=True)
   seen = not np.isnan(modes.get("rollout", {}).get("metrics", {}).get(
       "color_and_shape_windows_seen_in_view", np.nan))
+  about_seen = ("; the rollouts' `..._seen_in_view` measures are of each in-view prompt's seen "
+                "counterpart (its shape and motion in a color training shows them in)")
   lines = ["", "## Prompting modes", "",
            f"Held-out prompts, judged by the world's judge ({seconds:.0f} s for all modes)"
-           + ("; the rollouts' `..._seen_in_view` measures are of each in-view prompt's seen "
-              "counterpart (its shape and motion in a color training shows them in)" if seen
-              else "") + ". Sheets in `modes/`.", "", "| mode | measure | value |", "|---|---|---|"]
+           f"{about_seen if seen else ''}. Sheets in `modes/`.", "",
+           "| mode | measure | value |", "|---|---|---|"]
   for mode, result in modes.items():
     video_io.write_png(os.path.join(out, "modes", f"{mode}.png"),
                        video_io.upscale(video_io.contact_sheet(result["videos"]), 2))

@@ -70,7 +70,8 @@ def test_checkpoint_round_trips_small_replicated_large_and_sharded_arrays(tmp_pa
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
   from sorajax.training import checkpoint  # pylint: disable=import-outside-toplevel
   mesh = jax.make_mesh((8,), ("fsdp",))
-  replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("fsdp"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  split = NamedSharding(mesh, PartitionSpec("fsdp"))
   values = jax.random.normal(jax.random.key(0), (8 * 2**18 + 40,))  # 8 MiB, then 160 B
   state = {"bias": jax.device_put(values[-40:], replicated),
            "large": jax.device_put(values[:8 * 2**18].reshape(-1, 8), replicated),
