@@ -155,8 +155,33 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved, with a relative `vae_workdir` made to name the same VAE run from
+  any working directory (`resolve_relative_workdir`)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise ConfigError(f"{workdir!r} holds no config.json; is it a sorajax.train workdir?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.get("vae_workdir"):
+    config.vae_workdir = resolve_relative_workdir(config.vae_workdir, workdir)
+  return config
+
+
+def resolve_relative_workdir(saved: str, workdir: str) -> str:
+  """Finds a run that a saved config names by a path relative to where training was started.
+
+  Training stores paths as given (`runs/demo/vae`), so the tree of runs can move. Read back from
+  another directory, the path is tried against the current one, then against each directory
+  above `workdir`, nearest first: a DiT run at `/x/runs/demo/dit` finds `/x/runs/demo/vae`. The
+  path is returned unchanged when none of them holds a run, so the caller's error names it."""
+  if os.path.isabs(saved) or os.path.isfile(os.path.join(saved, "config.json")):
+    return saved
+  directory = os.path.abspath(workdir)
+  while True:
+    candidate = os.path.join(directory, saved)
+    if os.path.isfile(os.path.join(candidate, "config.json")):
+      return candidate
+    parent = os.path.dirname(directory)
+    if parent == directory:
+      return saved
+    directory = parent

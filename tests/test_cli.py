@@ -74,6 +74,26 @@ def test_sampling_from_a_folder_that_is_not_a_run(tmp_path):
   assert_one_line_error(result, "config.json")
 
 
+def test_a_saved_relative_vae_workdir_is_found_from_any_directory(tmp_path, monkeypatch):
+  # `make demo` trains the DiT with --config.vae_workdir=runs/demo/vae from the checkout.
+  for run_name, config in (("vae", {}), ("dit", {"vae_workdir": "runs/demo/vae"})):
+    (tmp_path / "repo/runs/demo" / run_name).mkdir(parents=True)
+    configuration.write_json_atomic(str(tmp_path / "repo/runs/demo" / run_name / "config.json"),
+                                    config)
+  dit = str(tmp_path / "repo/runs/demo/dit")
+  monkeypatch.chdir(tmp_path / "repo")  # where training ran: the path is kept as saved
+  assert configuration.load_saved_config(dit).vae_workdir == "runs/demo/vae"
+  monkeypatch.chdir(tmp_path)  # elsewhere: found above the DiT run
+  found = configuration.load_saved_config(dit).vae_workdir
+  assert found == str(tmp_path / "repo/runs/demo/vae")
+  (tmp_path / "repo").rename(tmp_path / "moved")  # the tree of runs moved as a whole
+  found = configuration.load_saved_config(str(tmp_path / "moved/runs/demo/dit")).vae_workdir
+  assert found == str(tmp_path / "moved/runs/demo/vae")
+  (tmp_path / "moved/runs/demo/vae/config.json").unlink()  # gone: left as saved for the error
+  assert configuration.load_saved_config(
+      str(tmp_path / "moved/runs/demo/dit")).vae_workdir == "runs/demo/vae"
+
+
 def test_parse_arg_types():
   arg = configuration.parse_arg("steps=5,variant=tiny,flag", steps=1, variant="demo", flag=False)
   assert arg.steps == 5 and arg.variant == "tiny" and arg.flag is True
