@@ -162,7 +162,7 @@ def _wrap_ratios(videos) -> tuple[np.ndarray, np.ndarray]:
 CYCLIC_MOTIONS = ("static", "bouncing")
 
 
-def _in_view(prompt: shapes.Prompt) -> bool:
+def in_view(prompt: shapes.Prompt) -> bool:
   return prompt.objects[0].motion in CYCLIC_MOTIONS
 
 
@@ -187,7 +187,7 @@ def loop(generator, chunk, prompts, seeds, settings, strength: float | None = No
   videos = prompting.loop(generator, sources, [p.caption for p, _ in jobs], [s for _, s in jobs],
                           chunk=chunk, first_context=1, second_context=1, strength=strength,
                           **{**settings, "guidance": guidance})
-  cyclic = np.asarray([_in_view(p) for p, _ in jobs])
+  cyclic = np.asarray([in_view(p) for p, _ in jobs])
   ratios, ranks = _wrap_ratios(videos)
   reference, reference_ranks = np.full(1, np.nan), np.full(1, np.nan)
   if cyclic.any():
@@ -241,7 +241,7 @@ def true_minute_kept(generator, chunk, prompts, total: int) -> float:
   whose motion stays in view (CYCLIC_MOTIONS: the rendered clip played on repeat, since a still or
   bouncing path ends where it starts), coded and decoded by the run's VAE. This is where the
   judge puts a rollout that never drifts; nan without such prompts."""
-  staying = [p for p in prompts if _in_view(p)]
+  staying = [p for p in prompts if in_view(p)]
   if not staying:
     return float("nan")
   window = chunk.frames - 1
@@ -300,7 +300,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   asked = len(videos_of)
   seeds_of = list(range(asked))
   if seen:  # each on its partner's seed: the two sides differ by the prompt, not the noise
-    partners = [i for i, p in enumerate(videos_of) if _in_view(p)]
+    partners = [i for i, p in enumerate(videos_of) if in_view(p)]
     videos_of += [shapes.Prompt((shapes.seen_counterpart(videos_of[i].objects[0]),),
                                 videos_of[i].background) for i in partners]
     seeds_of += partners
@@ -323,15 +323,15 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
       lasts = carry[:asked, :window + 1].copy()
       carry = carry[:, window:]
   shares = np.asarray([float(np.mean([v == "kept" for v in vs])) for vs in verdicts])
-  staying = np.asarray([_in_view(p) for p in videos_of[:asked]])
+  staying = np.asarray([in_view(p) for p in videos_of[:asked]])
   shares, seen_shares = shares[:asked], shares[asked:]
-  in_view = [vs for vs, stays in zip(verdicts[:asked], staying) if stays]
-  not_kept = [v for vs in in_view for v in vs if v != "kept"]
+  staying_verdicts = [vs for vs, stays in zip(verdicts[:asked], staying) if stays]
+  not_kept = [v for vs in staying_verdicts for v in vs if v != "kept"]
   # The minute's first and last sixth (10 of its 59 windows): a rollout that drifts keeps fewer
   # at the end.
   sixth = max(1, round(len(verdicts[0]) / 6))
-  first = [v == "kept" for vs in in_view for v in vs[:sixth]]
-  last = [v == "kept" for vs in in_view for v in vs[-sixth:]]
+  first = [v == "kept" for vs in staying_verdicts for v in vs[:sixth]]
+  last = [v == "kept" for vs in staying_verdicts for v in vs[-sixth:]]
   return {"metrics": {"frames": total, "windows": len(verdicts[0]), "seeds": seeds,
                       "color_and_shape_windows": float(shares.mean()),
                       "worst_video": float(shares.min()),
