@@ -58,16 +58,14 @@ class VideoGenerator:
       raise ConfigError(f"{workdir!r} holds a {self.config.objective!r} run; sampling needs a DiT run")
     self.rules = mesh_lib.logical_rules(self.config.logical_rules)
     self.objective = objectives.build_objective(self.config, mesh)
-    self.objective.prepare(workdir)
+    self.objective.prepare(workdir, training=False)
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
     self.coder = vae_chunked.ChunkedCoder(self.objective.vae, self.frozen["vae"], DECODE_CHUNK)
     if self.objective.text_encoder is not None:
       # Prompts embedded once per run folder: later calls and later jobs look them up. Only the
       # first process writes, and only where it may (a read-only run folder still samples).
       directory = os.path.join(workdir, objectives.PROMPTS_DIR)
-      self.prompts = self.objective.prompt_table  # the training captions', if prepare loaded them
-      if self.prompts is None or self.config.data.get("latent_records", ""):
-        self.prompts = self.objective.prompt_embeddings(directory)
+      self.prompts = self.objective.prompt_table  # the run's stored embeddings
       writable = os.access(workdir, os.W_OK) and (not os.path.exists(directory)
                                                   or os.access(directory, os.W_OK))
       self._prompts_dir = directory if writable and jax.process_index() == 0 else None

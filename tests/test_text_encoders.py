@@ -134,10 +134,22 @@ def test_dit_on_minilm_loss_is_the_same_from_cached_embeddings(vae_workdir):
   assert abs(float(other) - float(from_tokens)) > 1e-4  # the loss does read the text
 
 
-def test_sampling_embeds_a_prompt_once_per_run_folder(minilm_dit):
+def test_sampling_embeds_a_prompt_once_per_run_folder(minilm_dit, monkeypatch):
+  from sorajax.data import latent_cache  # pylint: disable=import-outside-toplevel
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
+
+  def no_training_data(*args, **kwargs):
+    raise AssertionError("sampling read the training latent cache")
+
+  monkeypatch.setattr(latent_cache, "load_or_build", no_training_data)
   prompt = "one crimson disc heading west against a dark backdrop"
   first = VideoGenerator(minilm_dit)
+  # The training captions' embeddings come from the run's stored table, and the encoder's
+  # weights stay off the devices: prompts are looked up, or encoded on the host's first device.
+  with np.load(os.path.join(minilm_dit, "latent_cache", os.listdir(
+      os.path.join(minilm_dit, "latent_cache"))[0])) as cached:
+    assert all(str(caption) in first.prompts for caption in cached["captions"])
+  assert "text" not in first.frozen
   videos = first.generate([prompt], [0], steps=2)
   stored = os.listdir(os.path.join(minilm_dit, "prompt_embeddings"))
   assert any("-sampling-" in name for name in stored)

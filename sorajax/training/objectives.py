@@ -133,8 +133,8 @@ class VAEObjective:
       self.discriminator = disc_lib.PatchDiscriminator3D(
           tuple(v.get("discriminator_channels", (32, 64, 128))), dtype=_dtype(config))
 
-  def prepare(self, workdir: str) -> None:
-    del workdir
+  def prepare(self, workdir: str, training: bool = True) -> None:
+    del workdir, training
 
   def init_params(self, rng):
     d = self.config.data
@@ -383,7 +383,10 @@ class DiTObjective:
             width // self.spatial_factor, self.latent_channels)
 
   # -- latent statistics: measured once per run, so the DiT sees unit-scale latents.
-  def prepare(self, workdir: str) -> None:
+  def prepare(self, workdir: str, training: bool = True) -> None:
+    """Latent statistics, and with `training` the training sources (latent cache or records) and
+    their captions' embeddings. Sampling (training=False) reads no training data: it looks prompts
+    up in the run's stored embeddings, so a run whose data or VAE path moved still samples."""
     path = os.path.join(workdir, LATENT_STATS_FILE)
     if not os.path.isfile(path):
       mean, std = self._vae_latent_stats()
@@ -396,7 +399,10 @@ class DiTObjective:
       mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
     self.frozen["latent_mean"] = jnp.asarray(mean, jnp.float32)
     self.frozen["latent_std"] = jnp.asarray(std, jnp.float32)
-    if self.config.data.get("latent_records", ""):
+    if not training:
+      if self.text_encoder is not None:
+        self.prompt_table = self.prompt_embeddings(os.path.join(workdir, PROMPTS_DIR))
+    elif self.config.data.get("latent_records", ""):
       self.train_sources = [self._latent_records(b) for b in self.buckets]
       if self.text_encoder is not None:
         self.prompt_table = self._precomputed_prompts()
