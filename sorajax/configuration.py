@@ -170,13 +170,14 @@ def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
 def resolve_relative_workdir(saved: str, workdir: str) -> str:
   """Finds a run that a saved config names by a path relative to where training was started.
 
-  Training stores paths as given (`runs/demo/vae`), so the tree of runs can move. Read back from
-  another directory, the path is tried against the current one, then against each directory
-  above `workdir`, nearest first: a DiT run at `/x/runs/demo/dit` finds `/x/runs/demo/vae`. The
-  path is returned unchanged when none of them holds a run, so the caller's error names it."""
-  if os.path.isabs(saved) or os.path.isfile(os.path.join(saved, "config.json")):
+  Training stores paths as given (`runs/demo/vae`), so the tree of runs can move. Read back, the
+  path is tried against each directory above `workdir`, nearest first (a DiT run at
+  `/x/runs/demo/dit` finds `/x/runs/demo/vae`, wherever the reader stands, even where the current
+  directory holds another run of that name). Where none of them holds a run it is returned as
+  saved: read against the current directory, or named by the caller's error."""
+  if os.path.isabs(saved):
     return saved
-  directory = os.path.abspath(workdir)
+  directory = os.path.dirname(os.path.abspath(workdir))
   while True:
     candidate = os.path.join(directory, saved)
     if os.path.isfile(os.path.join(candidate, "config.json")):

@@ -81,15 +81,18 @@ def test_a_saved_relative_vae_workdir_is_found_from_any_directory(tmp_path, monk
     configuration.write_json_atomic(str(tmp_path / "repo/runs/demo" / run_name / "config.json"),
                                     config)
   dit = str(tmp_path / "repo/runs/demo/dit")
-  monkeypatch.chdir(tmp_path / "repo")  # where training ran: the path is kept as saved
-  assert configuration.load_saved_config(dit).vae_workdir == "runs/demo/vae"
   monkeypatch.chdir(tmp_path)  # elsewhere: found above the DiT run
   found = configuration.load_saved_config(dit).vae_workdir
   assert found == str(tmp_path / "repo/runs/demo/vae")
+  (tmp_path / "other/runs/demo/vae").mkdir(parents=True)  # another checkout's demo VAE
+  configuration.write_json_atomic(str(tmp_path / "other/runs/demo/vae/config.json"), {})
+  monkeypatch.chdir(tmp_path / "other")  # the DiT's own tree wins over the current directory's
+  assert configuration.load_saved_config(dit).vae_workdir == found
   (tmp_path / "repo").rename(tmp_path / "moved")  # the tree of runs moved as a whole
   found = configuration.load_saved_config(str(tmp_path / "moved/runs/demo/dit")).vae_workdir
   assert found == str(tmp_path / "moved/runs/demo/vae")
-  (tmp_path / "moved/runs/demo/vae/config.json").unlink()  # gone: left as saved for the error
+  # Not in the DiT's tree: kept as saved, for the current directory or the caller's error.
+  (tmp_path / "moved/runs/demo/vae/config.json").unlink()
   assert configuration.load_saved_config(
       str(tmp_path / "moved/runs/demo/dit")).vae_workdir == "runs/demo/vae"
 
