@@ -1,12 +1,13 @@
 r"""Minute-long rollouts of the prompts that stay in view, several seeds each, judged window by
 window: the count behind issue 5's rollout tables in bench/RESULTS.md.
 
-  python bench/rollout_minutes.py --workdir runs/demo/dit [--seeds 4] [--noseen]
+  python bench/rollout_minutes.py --workdir runs/demo/dit [--seeds 4] [--no-seen]
       [--sampler dpm_solver_2m] [--steps 30] [--guidance 4] [--context 1] [--refresh 0.5]
 
 Rolls out the held-out prompts whose object stays in view for a minute (standing still or
-bouncing; `evaluate_modes.rollout` says why the straight movers are apart), --seeds minutes per
-prompt at the demo's 8 fps, and with --seen also each one's seen counterpart on the same seed.
+bouncing; `evaluate_modes.rollout` says why the straight movers are apart), --seeds rollouts of
+--seconds per prompt at the demo's 8 fps, and unless --no-seen also each one's seen counterpart on
+the same seed.
 `python -m sorajax.evaluate` rolls out every held-out prompt once, beside all other modes; this
 spends the time on the prompts the bar is judged on, with more seeds, under one setting per run.
 Prints the rollout's measures (evaluate_modes.rollout) as one JSON line, with the seconds taken.
@@ -26,7 +27,7 @@ from sorajax.generation import VideoGenerator
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--seeds", type=int, default=4, help="minutes per prompt")
+  parser.add_argument("--seeds", type=int, default=4, help="rollouts per prompt")
   parser.add_argument("--seconds", type=float, default=60.0)
   parser.add_argument("--fps", type=int, default=8)
   parser.add_argument("--seen", action=argparse.BooleanOptionalAction, default=True,
@@ -39,8 +40,13 @@ def main():
   parser.add_argument("--refresh", type=float, default=None,
                       help="default: the run's sample.rollout_refresh")
   args = parser.parse_args()
-  evaluate_modes.check_rollout_seeds(args.seeds, "--seeds")
   generator = VideoGenerator(args.workdir)
+  try:  # before the long run
+    evaluate_modes.check_rollout_seeds(args.seeds, "--seeds")
+    prompting.check_refresh(prompting.default_refresh(generator) if args.refresh is None
+                            else args.refresh, "--refresh")
+  except ValueError as e:
+    parser.error(str(e))
   settings = {name: value for name, value in (("sampler", args.sampler), ("steps", args.steps),
                                               ("guidance", args.guidance),
                                               ("context", args.context))

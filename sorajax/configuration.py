@@ -154,34 +154,57 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   return path
 
 
+# Where a DiT run's VAE is, relative to the run: written at training, read back by samplers.
+VAE_RUN_FILE = "vae_run.json"
+
+
 def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved, with a relative `vae_workdir` made to name the same VAE run from
-  any working directory (`resolve_relative_workdir`)."""
+  any working directory (`find_vae_run`)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise ConfigError(f"{workdir!r} holds no config.json; is it a sorajax.train workdir?")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   if config.get("vae_workdir"):
-    config.vae_workdir = resolve_relative_workdir(config.vae_workdir, workdir)
+    config.vae_workdir = find_vae_run(config.vae_workdir, workdir)
   return config
 
 
-def resolve_relative_workdir(saved: str, workdir: str) -> str:
-  """Finds a run that a saved config names by a path relative to where training was started.
+def record_vae_run(workdir: str, vae_workdir: str) -> None:
+  """Stores the VAE run's path relative to the DiT run `workdir` (symlinks resolved), so that
+  the two can move together and be read from anywhere."""
+  relative = os.path.relpath(os.path.realpath(vae_workdir), os.path.realpath(workdir))
+  write_json_atomic(os.path.join(workdir, VAE_RUN_FILE), {"relative_to_run": relative})
 
-  Training stores paths as given (`runs/demo/vae`), so the tree of runs can move. Read back, the
-  path is tried against each directory above `workdir`, nearest first (a DiT run at
-  `/x/runs/demo/dit` finds `/x/runs/demo/vae`, wherever the reader stands, even where the current
-  directory holds another run of that name). Where none of them holds a run it is returned as
-  saved: read against the current directory, or named by the caller's error."""
+
+def _holds_run(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, "config.json"))
+
+
+def find_vae_run(saved: str, workdir: str) -> str:
+  """The VAE run a DiT run at `workdir` was trained on, whose config saved `saved` as given
+  (`runs/demo/vae`, relative to where training started).
+
+  An absolute path is kept. Otherwise the run's own record (`record_vae_run`) names it; runs
+  saved before that record are searched for it: `saved` is tried against each directory above
+  the run, nearest first (a DiT run at `/x/runs/demo/dit` finds `/x/runs/demo/vae`). Where none
+  holds a run, `saved` comes back unchanged: read against the current directory, or named by
+  the caller's error."""
   if os.path.isabs(saved):
     return saved
-  directory = os.path.dirname(os.path.abspath(workdir))
+  run = os.path.realpath(workdir)
+  record = os.path.join(workdir, VAE_RUN_FILE)
+  if os.path.isfile(record):
+    with open(record) as f:
+      recorded = os.path.normpath(os.path.join(run, json.load(f)["relative_to_run"]))
+    return recorded if _holds_run(recorded) else saved
+  if saved.split(os.sep)[0] == os.pardir:  # above the start: no tree to search
+    return saved
+  directory = os.path.dirname(run)
   while True:
-    candidate = os.path.join(directory, saved)
-    if os.path.isfile(os.path.join(candidate, "config.json")):
-      return candidate
+    if _holds_run(os.path.join(directory, saved)):
+      return os.path.join(directory, saved)
     parent = os.path.dirname(directory)
     if parent == directory:
       return saved

@@ -74,27 +74,45 @@ def test_sampling_from_a_folder_that_is_not_a_run(tmp_path):
   assert_one_line_error(result, "config.json")
 
 
-def test_a_saved_relative_vae_workdir_is_found_from_any_directory(tmp_path, monkeypatch):
-  # `make demo` trains the DiT with --config.vae_workdir=runs/demo/vae from the checkout.
-  for run_name, config in (("vae", {}), ("dit", {"vae_workdir": "runs/demo/vae"})):
-    (tmp_path / "repo/runs/demo" / run_name).mkdir(parents=True)
-    configuration.write_json_atomic(str(tmp_path / "repo/runs/demo" / run_name / "config.json"),
-                                    config)
-  dit = str(tmp_path / "repo/runs/demo/dit")
-  monkeypatch.chdir(tmp_path)  # elsewhere: found above the DiT run
+def _runs(root, vae_workdir, *names):
+  """Folders that look like runs (a config.json), under `root`; with `vae_workdir`, the last is
+  a DiT run that names it."""
+  for name in names:
+    (root / name).mkdir(parents=True)
+    configuration.write_json_atomic(str(root / name / "config.json"),
+                                    {"vae_workdir": vae_workdir} if vae_workdir and
+                                    name == names[-1] else {})
+  return str(root / names[-1])
+
+
+def test_a_dit_run_finds_its_vae_from_the_record_training_leaves(tmp_path, monkeypatch):
+  # Trained from /x with --config.vae_workdir=vae, the DiT at /x/runs/a/dit, and a decoy VAE
+  # nearer to the DiT than its own.
+  dit = _runs(tmp_path / "x", "vae", "vae", "runs/a/vae", "runs/a/dit")
+  monkeypatch.chdir(tmp_path / "x")
+  configuration.record_vae_run(dit, "vae")
+  monkeypatch.chdir(tmp_path)
+  assert configuration.load_saved_config(dit).vae_workdir == str(tmp_path / "x/vae")
+  (tmp_path / "link").symlink_to(tmp_path / "x/runs/a")  # the run reached through a link
+  assert configuration.load_saved_config(str(tmp_path / "link/dit")).vae_workdir == str(
+      tmp_path / "x/vae")
+  (tmp_path / "x").rename(tmp_path / "moved")  # moved together
+  assert configuration.load_saved_config(
+      str(tmp_path / "moved/runs/a/dit")).vae_workdir == str(tmp_path / "moved/vae")
+
+
+def test_an_older_dit_run_finds_its_relative_vae_from_any_directory(tmp_path, monkeypatch):
+  # `make demo` trains the DiT with --config.vae_workdir=runs/demo/vae from the checkout; runs
+  # saved before the record are searched for it above the run.
+  dit = _runs(tmp_path / "repo", "runs/demo/vae", "runs/demo/vae", "runs/demo/dit")
+  monkeypatch.chdir(tmp_path)
   found = configuration.load_saved_config(dit).vae_workdir
   assert found == str(tmp_path / "repo/runs/demo/vae")
-  (tmp_path / "other/runs/demo/vae").mkdir(parents=True)  # another checkout's demo VAE
-  configuration.write_json_atomic(str(tmp_path / "other/runs/demo/vae/config.json"), {})
+  _runs(tmp_path / "other", "", "runs/demo/vae")  # another checkout's demo VAE
   monkeypatch.chdir(tmp_path / "other")  # the DiT's own tree wins over the current directory's
   assert configuration.load_saved_config(dit).vae_workdir == found
-  (tmp_path / "repo").rename(tmp_path / "moved")  # the tree of runs moved as a whole
-  found = configuration.load_saved_config(str(tmp_path / "moved/runs/demo/dit")).vae_workdir
-  assert found == str(tmp_path / "moved/runs/demo/vae")
-  # Not in the DiT's tree: kept as saved, for the current directory or the caller's error.
-  (tmp_path / "moved/runs/demo/vae/config.json").unlink()
-  assert configuration.load_saved_config(
-      str(tmp_path / "moved/runs/demo/dit")).vae_workdir == "runs/demo/vae"
+  (tmp_path / "repo/runs/demo/vae/config.json").unlink()  # not in the DiT's tree: as saved
+  assert configuration.load_saved_config(dit).vae_workdir == "runs/demo/vae"
 
 
 def test_parse_arg_types():

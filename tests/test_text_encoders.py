@@ -145,10 +145,11 @@ def test_sampling_embeds_a_prompt_once_per_run_folder(minilm_dit, monkeypatch):
   prompt = "one crimson disc heading west against a dark backdrop"
   first = VideoGenerator(minilm_dit)
   # The training captions' embeddings come from the run's stored table, and the encoder's
-  # weights stay off the devices: prompts are looked up, or encoded on the host's first device.
-  with np.load(os.path.join(minilm_dit, "latent_cache", os.listdir(
-      os.path.join(minilm_dit, "latent_cache"))[0])) as cached:
-    assert all(str(caption) in first.prompts for caption in cached["captions"])
+  # weights stay off the mesh: prompts are looked up, or encoded on this process's first device.
+  caches = os.path.join(minilm_dit, "latent_cache")
+  for name in sorted(os.listdir(caches)):
+    with np.load(os.path.join(caches, name)) as cached:
+      assert all(str(caption) in first.prompts for caption in cached["captions"])
   assert "text" not in first.frozen
   videos = first.generate([prompt], [0], steps=2)
   stored = os.listdir(os.path.join(minilm_dit, "prompt_embeddings"))

@@ -1,4 +1,5 @@
 """The trainer end to end on tiny configs: sharded == single-device, checkpoint resume, sampling."""
+import json
 import os
 
 import jax
@@ -91,6 +92,13 @@ def test_checkpoint_round_trips_small_replicated_large_and_sharded_arrays(tmp_pa
   for name in state:
     np.testing.assert_array_equal(restored[name], state[name])
     assert restored[name].sharding == state[name].sharding
+
+
+def test_a_dit_run_records_where_its_vae_is(dit_workdir, vae_workdir):
+  with open(os.path.join(dit_workdir, configuration.VAE_RUN_FILE)) as f:
+    relative = json.load(f)["relative_to_run"]
+  assert not os.path.isabs(relative)
+  assert os.path.samefile(os.path.join(dit_workdir, relative), vae_workdir)
 
 
 def test_sampling_is_deterministic_per_seed(dit_workdir):

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sorajax.configuration import ConfigError, load_saved_config, write_json_atomic
+from sorajax.configuration import (ConfigError, load_saved_config, record_vae_run,
+                                   write_json_atomic)
 from sorajax.data import latent_cache, latent_records, pipeline, prompt_embeddings, shapes
 from sorajax.data import video_io
 from sorajax.models import discriminator as disc_lib
@@ -349,8 +350,9 @@ class DiTObjective:
                           else text_params)  # host arrays, or shapes ahead of time
       self.frozen["text"] = self.text_params  # batches of tokens are encoded in the step
     self.train_sources = None  # per bucket, set by `prepare` when data.latent_cache > 0
-    # Cached text embeddings of the training captions (frozen encoders; set by `prepare` for
-    # latent caches and precomputed latents): batches then carry embeddings, not tokens.
+    # Cached text embeddings (frozen encoders; set by `prepare`): the training captions' for
+    # latent caches and precomputed latents, whose batches then carry embeddings, not tokens;
+    # the run's stored table when sampling.
     self.prompt_table = None
 
   def check_shape(self, frames: int, height: int, width: int) -> None:
@@ -382,11 +384,16 @@ class DiTObjective:
     return (1 + (frames - 1) // self.temporal_factor, height // self.spatial_factor,
             width // self.spatial_factor, self.latent_channels)
 
-  # -- latent statistics: measured once per run, so the DiT sees unit-scale latents.
+  # -- what a run needs before its first step or sample.
   def prepare(self, workdir: str, training: bool = True) -> None:
-    """Latent statistics, and with `training` the training sources (latent cache or records) and
-    their captions' embeddings. Sampling (training=False) reads no training data: it looks prompts
-    up in the run's stored embeddings, so a run whose data or VAE path moved still samples."""
+    """Latent statistics (measured once per run, so the DiT sees unit-scale latents). With
+    `training`: the VAE run's place recorded next to the run, the training sources (latent cache
+    or records) and their captions' embeddings. Sampling (training=False) looks prompts up in the
+    run's stored embeddings and opens no latent cache or records, so a run whose training data
+    moved still samples."""
+    if training and jax.process_index() == 0 and os.path.isdir(self.config.vae_workdir):
+      os.makedirs(workdir, exist_ok=True)
+      record_vae_run(workdir, self.config.vae_workdir)
     path = os.path.join(workdir, LATENT_STATS_FILE)
     if not os.path.isfile(path):
       mean, std = self._vae_latent_stats()
