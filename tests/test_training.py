@@ -1,6 +1,7 @@
 """The trainer end to end on tiny configs: sharded == single-device, checkpoint resume, sampling."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -99,6 +100,24 @@ def test_a_dit_run_records_where_its_vae_is(dit_workdir, vae_workdir):
     relative = json.load(f)["relative_to_run"]
   assert not os.path.isabs(relative)
   assert os.path.samefile(os.path.join(dit_workdir, relative), vae_workdir)
+
+
+def test_a_read_only_run_without_latent_stats_samples_as_trained(dit_workdir, tmp_path,
+                                                                 monkeypatch):
+  """Sampling measures the latent statistics a run lacks the way training did, and leaves a
+  folder it may not write as it is."""
+  from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
+  run = str(tmp_path / "dit")
+  shutil.copytree(dit_workdir, run)
+  stats = os.path.join(run, objectives.LATENT_STATS_FILE)
+  os.remove(stats)
+  can_access = os.access
+  monkeypatch.setattr(os, "access", lambda path, mode: (
+      not (mode & os.W_OK and os.path.realpath(path).startswith(run)) and can_access(path, mode)))
+  caption = "a red circle moving left on a black background"
+  video = VideoGenerator(run).generate([caption], [0])
+  assert not os.path.exists(stats)
+  np.testing.assert_array_equal(video, VideoGenerator(dit_workdir).generate([caption], [0]))
 
 
 def test_sampling_is_deterministic_per_seed(dit_workdir):

@@ -7,7 +7,7 @@ Needs a trained VAE workdir (configs/shapes/vae.py):
   python -m sorajax.train --config configs/shapes/dit.py:variant=tiny,steps=20 --workdir /tmp/dit \
       --config.vae_workdir=/tmp/vae
 
-Arg keys: variant (tiny|demo|S/2|B/2), frames, size, steps, batch.
+Arg keys: variant (tiny|demo|demo8|S/2|B/2), frames, size, steps, batch.
 """
 import ml_collections
 

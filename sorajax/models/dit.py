@@ -323,6 +323,9 @@ class DiT(nn.Module):
 VARIANTS: dict[str, dict] = {
   "tiny": dict(hidden=32, depth=2, num_heads=2),  # unit tests
   "demo": dict(hidden=128, depth=4, num_heads=4),  # the CPU shapes demo
+  # Twice the demo's depth: at the demo's 2400 steps it keeps as many windows of a minute-long
+  # rollout as the demo DiT does at 4800, for 1.5x the step time (bench/RESULTS.md, issue 5).
+  "demo8": dict(hidden=128, depth=8, num_heads=4),
   # The DiT paper's sizes (Peebles & Xie, 2023), with patch (1, 2, 2).
   "S/2": dict(hidden=384, depth=12, num_heads=6),
   "B/2": dict(hidden=768, depth=12, num_heads=12),

@@ -397,7 +397,8 @@ class DiTObjective:
     path = os.path.join(workdir, LATENT_STATS_FILE)
     if not os.path.isfile(path):
       mean, std = self._vae_latent_stats()
-      if jax.process_index() == 0:
+      # Kept for the next reader; a sampler leaves a read-only run folder as it is.
+      if jax.process_index() == 0 and (training or os.access(workdir, os.W_OK)):
         os.makedirs(workdir, exist_ok=True)
         write_json_atomic(path, {"mean": mean.tolist(), "std": std.tolist()})
     else:
