@@ -10,6 +10,7 @@ import pytest
 from sorajax import configuration
 from sorajax.data import pipeline
 from sorajax.parallel import mesh as mesh_lib
+from sorajax.training import checkpoint as checkpoint_lib
 from sorajax.training import objectives
 from sorajax.training import state as state_lib
 from sorajax.training import step as step_lib
@@ -100,6 +101,34 @@ def test_a_dit_run_records_where_its_vae_is(dit_workdir, vae_workdir):
     relative = json.load(f)["relative_to_run"]
   assert not os.path.isabs(relative)
   assert os.path.samefile(os.path.join(dit_workdir, relative), vae_workdir)
+  assert configuration.recorded_vae_run(dit_workdir)["vae_step"] == max(
+      checkpoint_lib.saved_steps(vae_workdir))
+
+
+def test_a_dit_run_keeps_the_vae_step_it_trained_on(dit_workdir, vae_workdir, tmp_path):
+  # The VAE trains on after the DiT: sampling and resuming still load the step the DiT knows.
+  vae, dit = str(tmp_path / "vae"), str(tmp_path / "dit")
+  shutil.copytree(vae_workdir, vae)
+  shutil.copytree(dit_workdir, dit)
+  with open(os.path.join(dit, "config.json")) as f:
+    saved = json.load(f)
+  configuration.write_json_atomic(os.path.join(dit, "config.json"), {**saved, "vae_workdir": vae})
+  step = max(checkpoint_lib.saved_steps(vae))
+  configuration.record_vae_run(dit, vae, step)
+  checkpoints = checkpoint_lib.checkpoint_dir(vae)
+  shutil.copytree(os.path.join(checkpoints, str(step)), os.path.join(checkpoints, str(step + 50)))
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "context": 1},
+                            devices=jax.local_devices()[:1])
+  config = configuration.load_saved_config(dit)
+  assert config.vae_workdir == vae and config.vae_step == step
+  assert objectives.DiTObjective(config, mesh).vae_step == step
+  config.vae_step = 0  # resuming with the training config: the latest VAE step
+  with pytest.raises(configuration.ConfigError, match=f"resume with --config.vae_step={step}$"):
+    objectives.DiTObjective(config, mesh).prepare(dit)
+  shutil.rmtree(os.path.join(checkpoints, str(step)))
+  with pytest.raises(configuration.ConfigError,
+                     match=f"holds no step {step}, only {step + 50}: .* put that checkpoint back"):
+    objectives.DiTObjective(configuration.load_saved_config(dit), mesh)
 
 
 def test_a_read_only_run_without_latent_stats_samples_as_trained(dit_workdir, tmp_path,

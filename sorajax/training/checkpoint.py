@@ -171,13 +171,21 @@ def describe_mismatch(stored: dict, wanted: dict) -> str | None:
   return f"the checkpoint has {extra[0]}, which this config's model lacks" if extra else None
 
 
-def require_checkpoint(workdir: str) -> int:
-  """The latest step in `workdir`, or a one-line error saying there is nothing to load."""
+def saved_steps(workdir: str) -> list[int]:
+  """The steps `workdir` holds finished checkpoints of, oldest first."""
   directory = checkpoint_dir(workdir)
-  steps = []
-  if os.path.isdir(directory):
-    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def require_checkpoint(workdir: str, step: int | None = None) -> int:
+  """`step` (default: the latest) if `workdir` holds it, or a one-line error saying what it
+  holds."""
+  directory, steps = checkpoint_dir(workdir), saved_steps(workdir)
   if not steps:
     raise ConfigError(f"no checkpoint in {directory!r}; train first with "
                       f"python -m sorajax.train --config ... --workdir {workdir}")
-  return max(steps)
+  if step is not None and step not in steps:
+    raise ConfigError(f"{directory!r} holds no step {step}, only {', '.join(map(str, steps))}")
+  return steps[-1] if step is None else step

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from sorajax.configuration import (ConfigError, load_saved_config, record_vae_run,
-                                   write_json_atomic)
+                                   recorded_vae_run, write_json_atomic)
 from sorajax.data import latent_cache, latent_records, pipeline, prompt_embeddings, shapes
 from sorajax.data import video_io
 from sorajax.models import discriminator as disc_lib
@@ -244,10 +244,11 @@ class VAEObjective:
                          "std": (latents.std(axis=0) + 1e-6).tolist()})
 
 
-def restore_inference_params(workdir: str, mesh, rules=None):
-  """(saved config, the weights to sample with) from a trained workdir, sharded on `mesh`."""
+def restore_inference_params(workdir: str, mesh, rules=None, step: int | None = None):
+  """(saved config, the weights to sample with, their step) from a trained workdir at `step`
+  (default: the latest), sharded on `mesh`."""
   config = load_saved_config(workdir)
-  step = checkpoint_lib.require_checkpoint(workdir)
+  step = checkpoint_lib.require_checkpoint(workdir, step)
   objective = build_objective(config, mesh)
   rules = rules if rules is not None else mesh_lib.logical_rules(config.logical_rules)
   optimizer = state_lib.make_optimizer(config.train)
@@ -303,8 +304,15 @@ class DiTObjective:
                           f"{d.max_objects} objects ({needed} tokens); set "
                           f"--config.data.text_max_length={needed} or more")
     self.null_tokens = self.tokenizer.encode("")
-    self.vae_config, vae_params, self.vae_step = vae or restore_inference_params(
-        config.vae_workdir, mesh)
+    vae_step = config.get("vae_step", 0) or None  # runs saved before it: the latest
+    try:
+      self.vae_config, vae_params, self.vae_step = vae or restore_inference_params(
+          config.vae_workdir, mesh, step=vae_step)
+    except ConfigError as e:
+      if vae_step is None:
+        raise
+      raise ConfigError(f"{e}: this DiT is trained on its VAE at step {vae_step} (vae_step); put "
+                        "that checkpoint back, or train the DiT anew on another") from e
     self.vae = build_vae(self.vae_config)
     self.temporal_factor = self.vae_config.vae.temporal_factor
     self.spatial_factor = self.vae_config.vae.spatial_factor
@@ -391,9 +399,14 @@ class DiTObjective:
     or records) and their captions' embeddings. Sampling (training=False) looks prompts up in the
     run's stored embeddings and opens no latent cache or records, so a run whose training data
     moved still samples."""
-    if training and jax.process_index() == 0 and os.path.isdir(self.config.vae_workdir):
-      os.makedirs(workdir, exist_ok=True)
-      record_vae_run(workdir, self.config.vae_workdir)
+    if training and os.path.isdir(self.config.vae_workdir):
+      trained_on = recorded_vae_run(workdir).get("vae_step", self.vae_step)
+      if trained_on != self.vae_step and checkpoint_lib.saved_steps(workdir):
+        raise ConfigError(f"{workdir} was trained on its VAE at step {trained_on}, this config "
+                          f"loads step {self.vae_step}; resume with --config.vae_step={trained_on}")
+      if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        record_vae_run(workdir, self.config.vae_workdir, self.vae_step)
     path = os.path.join(workdir, LATENT_STATS_FILE)
     if not os.path.isfile(path):
       mean, std = self._vae_latent_stats()
