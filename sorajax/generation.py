@@ -53,11 +53,10 @@ class VideoGenerator:
     if mesh is None:
       mesh = mesh_lib.make_mesh({"data": -1})
     self.mesh = mesh
-    self.config, self.params, self.step = objectives.restore_inference_params(workdir, mesh)
+    self.config, self.objective, self.params, self.step = objectives.restore_run(workdir, mesh)
     if self.config.objective != "dit":
       raise ConfigError(f"{workdir!r} holds a {self.config.objective!r} run; sampling needs a DiT run")
     self.rules = mesh_lib.logical_rules(self.config.logical_rules)
-    self.objective = objectives.build_objective(self.config, mesh)
     self.objective.prepare(workdir, training=False)
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
     self.coder = vae_chunked.ChunkedCoder(self.objective.vae, self.frozen["vae"], DECODE_CHUNK)

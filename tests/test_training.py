@@ -149,6 +149,17 @@ def test_a_read_only_run_without_latent_stats_samples_as_trained(dit_workdir, tm
   np.testing.assert_array_equal(video, VideoGenerator(dit_workdir).generate([caption], [0]))
 
 
+def test_a_generator_restores_the_vae_once(dit_workdir, vae_workdir, monkeypatch):
+  # Frozen weights (the VAE, a pretrained text encoder) load with the DiT's objective, built once.
+  from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
+  restored, restore = [], objectives.restore_inference_params
+  monkeypatch.setattr(objectives, "restore_inference_params",
+                      lambda workdir, *args, **kwargs: (restored.append(workdir),
+                                                        restore(workdir, *args, **kwargs))[1])
+  VideoGenerator(dit_workdir)
+  assert restored == [vae_workdir]
+
+
 def test_sampling_is_deterministic_per_seed(dit_workdir):
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
   generator = VideoGenerator(dit_workdir)

@@ -247,6 +247,13 @@ class VAEObjective:
 def restore_inference_params(workdir: str, mesh, rules=None, step: int | None = None):
   """(saved config, the weights to sample with, their step) from a trained workdir at `step`
   (default: the latest), sharded on `mesh`."""
+  config, _, params, step = restore_run(workdir, mesh, rules, step)
+  return config, params, step
+
+
+def restore_run(workdir: str, mesh, rules=None, step: int | None = None):
+  """`restore_inference_params` with the run's objective after the config: built once, with the
+  frozen weights it loads (a DiT's VAE and text encoder)."""
   config = load_saved_config(workdir)
   step = checkpoint_lib.require_checkpoint(workdir, step)
   objective = build_objective(config, mesh)
@@ -259,7 +266,7 @@ def restore_inference_params(workdir: str, mesh, rules=None, step: int | None = 
     state = checkpointer.restore(step, target)
   finally:
     checkpointer.close()
-  return config, objective.model_params(state.inference_params), step
+  return config, objective, objective.model_params(state.inference_params), step
 
 
 class DiTObjective:
