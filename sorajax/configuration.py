@@ -168,27 +168,14 @@ def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(json.load(f))
   if config.get("vae_workdir"):
     config.vae_workdir = find_vae_run(config.vae_workdir, workdir)
-    if not config.get("vae_step"):  # "the latest" when training began: the step it was then
-      config.vae_step = recorded_vae_run(workdir).get("vae_step", 0)
   return config
 
 
-def record_vae_run(workdir: str, vae_workdir: str, vae_step: int) -> None:
+def record_vae_run(workdir: str, vae_workdir: str) -> None:
   """Stores the VAE run's path relative to the DiT run `workdir` (symlinks resolved), so that
-  the two can move together and be read from anywhere, and the VAE step the DiT trains on, so
-  that a VAE trained on afterwards does not decode the DiT's latents."""
+  the two can move together and be read from anywhere."""
   relative = os.path.relpath(os.path.realpath(vae_workdir), os.path.realpath(workdir))
-  write_json_atomic(os.path.join(workdir, VAE_RUN_FILE),
-                    {"relative_to_run": relative, "vae_step": vae_step})
-
-
-def recorded_vae_run(workdir: str) -> dict:
-  """What `record_vae_run` stored for the DiT run `workdir`; {} for runs saved before it."""
-  path = os.path.join(workdir, VAE_RUN_FILE)
-  if not os.path.isfile(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  write_json_atomic(os.path.join(workdir, VAE_RUN_FILE), {"relative_to_run": relative})
 
 
 def _holds_run(directory: str) -> bool:
@@ -207,9 +194,10 @@ def find_vae_run(saved: str, workdir: str) -> str:
   if os.path.isabs(saved):
     return saved
   run = os.path.realpath(workdir)
-  record = recorded_vae_run(workdir)
-  if record:
-    recorded = os.path.normpath(os.path.join(run, record["relative_to_run"]))
+  record = os.path.join(workdir, VAE_RUN_FILE)
+  if os.path.isfile(record):
+    with open(record) as f:
+      recorded = os.path.normpath(os.path.join(run, json.load(f)["relative_to_run"]))
     return recorded if _holds_run(recorded) else saved
   if saved.split(os.sep)[0] == os.pardir:  # above the start: no tree to search
     return saved

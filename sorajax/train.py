@@ -10,6 +10,7 @@ launch/ starts them.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -41,6 +42,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # Logging and the resolved config.
   # ---------------------------------------------------------------------------------------------
   workdir = os.path.abspath(workdir)
+  if config.objective == "dit":  # saved settled, so samplers load the VAE step it trained on
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.vae_step = objectives.vae_step_to_train_on(config, workdir)
   if jax.process_index() == 0:
     configuration.save_config(config, workdir)
   logging.info("devices: %s", jax.devices())

@@ -90,10 +90,9 @@ def test_a_dit_run_finds_its_vae_from_the_record_training_leaves(tmp_path, monke
   # nearer to the DiT than its own.
   dit = _runs(tmp_path / "x", "vae", "vae", "runs/a/vae", "runs/a/dit")
   monkeypatch.chdir(tmp_path / "x")
-  configuration.record_vae_run(dit, "vae", 100)
+  configuration.record_vae_run(dit, "vae")
   monkeypatch.chdir(tmp_path)
-  config = configuration.load_saved_config(dit)
-  assert config.vae_workdir == str(tmp_path / "x/vae") and config.vae_step == 100
+  assert configuration.load_saved_config(dit).vae_workdir == str(tmp_path / "x/vae")
   (tmp_path / "link").symlink_to(tmp_path / "x/runs/a")  # the run reached through a link
   assert configuration.load_saved_config(str(tmp_path / "link/dit")).vae_workdir == str(
       tmp_path / "x/vae")

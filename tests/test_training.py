@@ -101,33 +101,38 @@ def test_a_dit_run_records_where_its_vae_is(dit_workdir, vae_workdir):
     relative = json.load(f)["relative_to_run"]
   assert not os.path.isabs(relative)
   assert os.path.samefile(os.path.join(dit_workdir, relative), vae_workdir)
-  assert configuration.recorded_vae_run(dit_workdir)["vae_step"] == max(
-      checkpoint_lib.saved_steps(vae_workdir))
 
 
 def test_a_dit_run_keeps_the_vae_step_it_trained_on(dit_workdir, vae_workdir, tmp_path):
-  # The VAE trains on after the DiT: sampling and resuming still load the step the DiT knows.
+  # Saved settled: the VAE trains on after the DiT, and sampling still loads the step the DiT knows.
   vae, dit = str(tmp_path / "vae"), str(tmp_path / "dit")
   shutil.copytree(vae_workdir, vae)
   shutil.copytree(dit_workdir, dit)
   with open(os.path.join(dit, "config.json")) as f:
     saved = json.load(f)
-  configuration.write_json_atomic(os.path.join(dit, "config.json"), {**saved, "vae_workdir": vae})
   step = max(checkpoint_lib.saved_steps(vae))
-  configuration.record_vae_run(dit, vae, step)
+  assert saved["vae_step"] == step
+  configuration.write_json_atomic(os.path.join(dit, "config.json"), {**saved, "vae_workdir": vae})
   checkpoints = checkpoint_lib.checkpoint_dir(vae)
   shutil.copytree(os.path.join(checkpoints, str(step)), os.path.join(checkpoints, str(step + 50)))
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "context": 1},
                             devices=jax.local_devices()[:1])
   config = configuration.load_saved_config(dit)
-  assert config.vae_workdir == vae and config.vae_step == step
   assert objectives.DiTObjective(config, mesh).vae_step == step
-  config.vae_step = 0  # resuming with the training config: the latest VAE step
-  with pytest.raises(configuration.ConfigError, match=f"resume with --config.vae_step={step}$"):
-    objectives.DiTObjective(config, mesh).prepare(dit)
+  # Resuming with the training command (vae_step 0) stays on it; another step is refused.
+  config.vae_step = 0
+  assert objectives.vae_step_to_train_on(config, dit) == step
+  fresh = str(tmp_path / "fresh")
+  assert objectives.vae_step_to_train_on(config, fresh) == step + 50
+  config.vae_step = step + 50
+  with pytest.raises(configuration.ConfigError, match=f"resume with --config.vae_step={step} "):
+    objectives.vae_step_to_train_on(config, dit)
+  config.vae_workdir = vae_workdir
+  with pytest.raises(configuration.ConfigError, match=f"resume with --config.vae_workdir={vae}$"):
+    objectives.vae_step_to_train_on(config, dit)
   shutil.rmtree(os.path.join(checkpoints, str(step)))
   with pytest.raises(configuration.ConfigError,
-                     match=f"holds no step {step}, only {step + 50}: .* put that checkpoint back"):
+                     match=f"holds no step {step} .vae_step., only {step + 50}; .* keep that"):
     objectives.DiTObjective(configuration.load_saved_config(dit), mesh)
 
 
@@ -136,13 +141,14 @@ def test_a_read_only_run_without_latent_stats_samples_as_trained(dit_workdir, tm
   """Sampling measures the latent statistics a run lacks the way training did, and leaves a
   folder it may not write as it is."""
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
-  run = str(tmp_path / "dit")
+  run = os.path.realpath(tmp_path / "dit")
   shutil.copytree(dit_workdir, run)
   stats = os.path.join(run, objectives.LATENT_STATS_FILE)
   os.remove(stats)
+  inside = lambda path: os.path.commonpath([os.path.realpath(path), run]) == run
   can_access = os.access
   monkeypatch.setattr(os, "access", lambda path, mode: (
-      not (mode & os.W_OK and os.path.realpath(path).startswith(run)) and can_access(path, mode)))
+      not (mode & os.W_OK and inside(path)) and can_access(path, mode)))
   caption = "a red circle moving left on a black background"
   video = VideoGenerator(run).generate([caption], [0])
   assert not os.path.exists(stats)

@@ -179,6 +179,14 @@ def saved_steps(workdir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
+def describe_steps(steps: list[int]) -> str:
+  """Sorted steps for one line of an error: a long list keeps its ends."""
+  if len(steps) <= 6:
+    return ", ".join(map(str, steps))
+  return (f"{', '.join(map(str, steps[:3]))}, ..., {', '.join(map(str, steps[-3:]))} "
+          f"({len(steps)} steps)")
+
+
 def require_checkpoint(workdir: str, step: int | None = None) -> int:
   """`step` (default: the latest) if `workdir` holds it, or a one-line error saying what it
   holds."""
@@ -187,5 +195,5 @@ def require_checkpoint(workdir: str, step: int | None = None) -> int:
     raise ConfigError(f"no checkpoint in {directory!r}; train first with "
                       f"python -m sorajax.train --config ... --workdir {workdir}")
   if step is not None and step not in steps:
-    raise ConfigError(f"{directory!r} holds no step {step}, only {', '.join(map(str, steps))}")
+    raise ConfigError(f"{directory!r} holds no step {step}, only {describe_steps(steps)}")
   return steps[-1] if step is None else step

@@ -16,15 +16,17 @@ An objective owns its model(s) and exposes
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from sorajax.configuration import (ConfigError, load_saved_config, record_vae_run,
-                                   recorded_vae_run, write_json_atomic)
+                                   write_json_atomic)
 from sorajax.data import latent_cache, latent_records, pipeline, prompt_embeddings, shapes
 from sorajax.data import video_io
 from sorajax.models import discriminator as disc_lib
@@ -269,6 +271,30 @@ def restore_run(workdir: str, mesh, rules=None, step: int | None = None):
   return config, objective, objective.model_params(state.inference_params), step
 
 
+def vae_step_to_train_on(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """The VAE checkpoint a DiT run at `workdir` trains on, settled once before the run's config
+  is saved (so samplers load that step, not one the VAE saves later): on a resumed run the one
+  it began with; else `config.vae_step`, or with 0 the VAE's latest, as process 0 finds it."""
+  asked = config.get("vae_step", 0)
+  if checkpoint_lib.saved_steps(workdir) and os.path.isfile(os.path.join(workdir, "config.json")):
+    began = load_saved_config(workdir)
+    if (os.path.isdir(began.get("vae_workdir", ""))
+        and os.path.realpath(began.vae_workdir) != os.path.realpath(config.vae_workdir)):
+      raise ConfigError(f"{workdir} was trained on the VAE at {began.vae_workdir}; resume with "
+                        f"--config.vae_workdir={began.vae_workdir}")
+    if began.get("vae_step"):
+      if asked and asked != began.vae_step:
+        raise ConfigError(f"{workdir} was trained on its VAE at step {began.vae_step}; resume "
+                          f"with --config.vae_step={began.vae_step} (or 0)")
+      return began.vae_step
+    logging.warning("%s was saved before runs recorded their VAE step; resuming on the VAE's "
+                    "latest", workdir)
+  if asked:
+    return asked
+  latest = checkpoint_lib.require_checkpoint(config.vae_workdir)
+  return int(multihost_utils.broadcast_one_to_all(np.int32(latest)))
+
+
 class DiTObjective:
   """Rectified flow on normalised VAE latents, conditioned on caption tokens.
 
@@ -312,14 +338,14 @@ class DiTObjective:
                           f"--config.data.text_max_length={needed} or more")
     self.null_tokens = self.tokenizer.encode("")
     vae_step = config.get("vae_step", 0) or None  # runs saved before it: the latest
-    try:
-      self.vae_config, vae_params, self.vae_step = vae or restore_inference_params(
-          config.vae_workdir, mesh, step=vae_step)
-    except ConfigError as e:
-      if vae_step is None:
-        raise
-      raise ConfigError(f"{e}: this DiT is trained on its VAE at step {vae_step} (vae_step); put "
-                        "that checkpoint back, or train the DiT anew on another") from e
+    held = checkpoint_lib.saved_steps(config.vae_workdir)
+    if vae is None and vae_step and held and vae_step not in held:
+      raise ConfigError(f"the VAE run {config.vae_workdir} holds no step {vae_step} (vae_step), "
+                        f"only {checkpoint_lib.describe_steps(held)}; a DiT decodes with the VAE "
+                        "step it trained on: keep that checkpoint (the VAE's "
+                        "train.keep_checkpoints), or train the DiT on another")
+    self.vae_config, vae_params, self.vae_step = vae or restore_inference_params(
+        config.vae_workdir, mesh, step=vae_step)
     self.vae = build_vae(self.vae_config)
     self.temporal_factor = self.vae_config.vae.temporal_factor
     self.spatial_factor = self.vae_config.vae.spatial_factor
@@ -406,14 +432,9 @@ class DiTObjective:
     or records) and their captions' embeddings. Sampling (training=False) looks prompts up in the
     run's stored embeddings and opens no latent cache or records, so a run whose training data
     moved still samples."""
-    if training and os.path.isdir(self.config.vae_workdir):
-      trained_on = recorded_vae_run(workdir).get("vae_step", self.vae_step)
-      if trained_on != self.vae_step and checkpoint_lib.saved_steps(workdir):
-        raise ConfigError(f"{workdir} was trained on its VAE at step {trained_on}, this config "
-                          f"loads step {self.vae_step}; resume with --config.vae_step={trained_on}")
-      if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        record_vae_run(workdir, self.config.vae_workdir, self.vae_step)
+    if training and jax.process_index() == 0 and os.path.isdir(self.config.vae_workdir):
+      os.makedirs(workdir, exist_ok=True)
+      record_vae_run(workdir, self.config.vae_workdir)
     path = os.path.join(workdir, LATENT_STATS_FILE)
     if not os.path.isfile(path):
       mean, std = self._vae_latent_stats()
@@ -495,10 +516,13 @@ class DiTObjective:
     except ValueError as e:
       raise ConfigError(str(e)) from e
     vae = (os.path.realpath(self.config.vae_workdir), self.vae_step)
-    if (source.info["vae_workdir"], source.info["vae_step"]) != vae:
-      raise ConfigError(f"{directory} was encoded with the VAE at {source.info['vae_workdir']} "
-                        f"step {source.info['vae_step']}, this run uses {vae[0]} step {vae[1]}; "
-                        "precompute again with this run's config")
+    if source.info["vae_workdir"] != vae[0]:
+      raise ConfigError(f"{directory} was encoded with the VAE at {source.info['vae_workdir']}, "
+                        f"this run uses {vae[0]}; precompute again with this run's config")
+    if source.info["vae_step"] != vae[1]:
+      raise ConfigError(f"{directory} was encoded with the VAE at step {source.info['vae_step']}, "
+                        f"this run uses step {vae[1]}; train with "
+                        f"--config.vae_step={source.info['vae_step']}, or precompute again")
     return source
 
   def _latent_cache(self, workdir: str, bucket, named: bool) -> latent_cache.LatentCache:
