@@ -23,8 +23,8 @@ def get_config(arg=None):
   config.seed = 0
   config.compute_dtype = "float32"
   config.vae_workdir = "runs/demo/vae"
-  # The VAE checkpoint to train on; 0: its latest. The step used is recorded in the run
-  # (vae_run.json), and sampling and resuming load that one, not one the VAE saved later.
+  # The VAE checkpoint to train on; 0: its latest. Training saves the step it settles on in the
+  # run's config.json, and sampling and resuming load that one, not one the VAE saved later.
   config.vae_step = 0
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))
