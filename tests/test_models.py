@@ -297,7 +297,7 @@ def test_dit_grid_error_names_nearest(tiny_dit):
   message = "latent height=7 is not a multiple of 2; nearest valid: 6 or 8"
   with pytest.raises(ValueError, match=message):
     tiny_dit.apply(tiny_dit.params, x, t, ctx, mask)
-  with pytest.raises(ValueError, match="valid: tiny, demo, S/2"):
+  with pytest.raises(ValueError, match="valid: tiny, demo, demo8, S/2"):
     dit.get_dit("M/3")
 
 

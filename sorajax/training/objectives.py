@@ -289,10 +289,10 @@ def vae_step_to_train_on(config: ml_collections.ConfigDict, workdir: str) -> int
       return began.vae_step
     logging.warning("%s was saved before runs recorded their VAE step; resuming on the VAE's "
                     "latest", workdir)
-  if asked:
+  held = checkpoint_lib.saved_steps(config.vae_workdir)
+  if asked or not held:  # no VAE checkpoint: the objective says so, after checking the config
     return asked
-  latest = checkpoint_lib.require_checkpoint(config.vae_workdir)
-  return int(multihost_utils.broadcast_one_to_all(np.int32(latest)))
+  return int(multihost_utils.broadcast_one_to_all(np.int32(held[-1])))
 
 
 class DiTObjective:
