@@ -3,6 +3,7 @@ window: the count behind issue 5's rollout tables in bench/RESULTS.md.
 
   python bench/rollout_minutes.py --workdir runs/demo/dit [--seeds 4] [--no-seen]
       [--sampler dpm_solver_2m] [--steps 30] [--guidance 4] [--context 1] [--refresh 0.5]
+      [--anchor | --no-anchor] [--traces]
 
 Rolls out the held-out prompts whose object stays in view for a minute (standing still or
 bouncing; `evaluate_modes.rollout` says why the straight movers are apart), --seeds rollouts of
@@ -39,6 +40,10 @@ def main():
                       help="latent frames carried into each chunk (default: prompting's)")
   parser.add_argument("--refresh", type=float, default=None,
                       help="default: the run's sample.rollout_refresh")
+  parser.add_argument("--traces", action="store_true",
+                      help="also print each in-view minute's windows in order (1 kept, s misshaped)")
+  parser.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=None,
+                      help="show later chunks the first frame (default: if the run trained so)")
   args = parser.parse_args()
   generator = VideoGenerator(args.workdir)
   try:  # before the long run
@@ -49,7 +54,8 @@ def main():
     parser.error(str(e))
   settings = {name: value for name, value in (("sampler", args.sampler), ("steps", args.steps),
                                               ("guidance", args.guidance),
-                                              ("context", args.context))
+                                              ("context", args.context),
+                                              ("anchor", args.anchor))
               if value is not None}
   prompts = [p for p in shapes.held_out_prompts("black") if evaluate_modes.in_view(p)]
   start = time.perf_counter()
@@ -58,6 +64,9 @@ def main():
   print(json.dumps({"workdir": args.workdir, "settings": settings, "prompts": len(prompts),
                     "seconds": round(time.perf_counter() - start),
                     "metrics": result["metrics"]}, default=float))
+  if args.traces:
+    for caption, trace in result["traces"]:
+      print(f"{trace}  {caption}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sorajax import configuration
+from sorajax.data import pipeline
 from sorajax.models import text_encoders
 from sorajax.parallel import collectives
 from sorajax.parallel import mesh as mesh_lib
@@ -105,6 +106,9 @@ def _abstract_batch(objective, config, mesh) -> dict:
   batch = {"latents": spec((size,) + objective.latent_shape(d.frames, d.height, d.width),
                            jnp.float32),
            "token_mask": spec((size, d.text_max_length), jnp.bool_)}
+  if pipeline.wants_anchor(config, d.frames):
+    batch["anchor_latents"] = spec((size, 1) + objective.latent_shape(1, d.height, d.width)[1:],
+                                   jnp.float32)
   if _cached_prompts(objective, config):
     batch["text_embedding"] = spec((size, d.text_max_length, objective.text_width), jnp.float32)
   else:

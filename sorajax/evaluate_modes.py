@@ -352,7 +352,14 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                       "refresh": refresh,
                       "reference_windows_in_view": true_minute_kept(generator, chunk, prompts,
                                                                     total)},
-          "videos": list(np.concatenate([firsts, lasts], axis=1))}
+          "videos": list(np.concatenate([firsts, lasts], axis=1)),
+          # Per in-view video, its windows in order (where in a minute they go, which the shares
+          # hide): "1" kept, "s" misshaped, "-" lost.
+          "traces": [(p.caption, "".join(_TRACE_MARKS[v] for v in vs))
+                     for p, vs, stays in zip(videos_of, verdicts, staying) if stays]}
+
+
+_TRACE_MARKS = {"kept": "1", "misshaped": "s", "lost": "-"}
 
 
 def evaluate_modes(generator, seeds: int = 2, settings: dict | None = None,

@@ -72,8 +72,10 @@ class VideoGenerator:
 
   @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
   def _generate(self, params, frozen, prompt, null_prompt, latent_shape, sampler, steps, guidance,
-                shift, stage_frames, start, given_time, seeds, given, given_latents, source):
-    """`prompt` and `null_prompt`: (text embeddings, mask) of the captions and of the empty one."""
+                shift, stage_frames, start, given_time, seeds, given, given_latents, source,
+                anchor):
+    """`prompt` and `null_prompt`: (text embeddings, mask) of the captions and of the empty one;
+    `anchor` (n, 1, h, w, C) or None, shown to both."""
     def noise(stage):  # sample i's first stage draws from key(seed_i), later ones from folds of it
       key = lambda s: jax.random.key(s) if stage == 0 else jax.random.fold_in(jax.random.key(s), stage)
       correlation = self.objective.frame_noise_correlation  # the prior the run was trained from
@@ -86,7 +88,8 @@ class VideoGenerator:
       def pick(real, null):
         rest = (1,) * (real.ndim - 1)
         return jnp.where(conditional.reshape((-1,) + rest), jnp.tile(real, (repeat,) + rest), null)
-      return self.objective.velocity(params, x, t, *map(pick, prompt, null_prompt))
+      shown = None if anchor is None else jnp.tile(anchor, (repeat,) + (1,) * (anchor.ndim - 1))
+      return self.objective.velocity(params, x, t, *map(pick, prompt, null_prompt), shown)
 
     solve = samplers.get_sampler(sampler)
 
@@ -132,13 +135,16 @@ class VideoGenerator:
                      shift: float | None = None, stage_frames: int | None = None,
                      sampler: str | None = None, given: np.ndarray | None = None,
                      given_latents: jax.Array | None = None, source: jax.Array | None = None,
-                     strength: float = 1.0, given_noise: float | None = None) -> jax.Array:
+                     strength: float = 1.0, given_noise: float | None = None,
+                     anchor: jax.Array | None = None) -> jax.Array:
     """Unit-scale latents (N, *latent_shape), one per (caption, seed) pair.
 
     `given` (N, T) bool with `given_latents` (N, *latent_shape) holds those latent frames fixed,
     shown to the model noised to the time `given_noise` (at most the run's flow.given_noise) and
     returned clean; `source` latents with `strength` < 1 start from the source noised part of the
-    way (SDEdit). Unset settings take the run's `config.sample` values.
+    way (SDEdit). `anchor` (N, 1, h, w, C): a clean latent frame of the same video at another
+    time (a rollout's first frame), for runs trained with flow.anchor > 0. Unset settings take the
+    run's `config.sample` values.
     """
     if len(captions) != len(seeds):
       raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
@@ -172,13 +178,16 @@ class VideoGenerator:
                         "sample with --stage_frames=0")
     if given is not None:
       given = jnp.asarray(given, bool)
+    if anchor is not None and not self.objective.anchor:
+      raise ConfigError("this run was not trained with anchor frames (flow.anchor = 0); sample "
+                        "without one")
     prompt, null_prompt = self.prompt_context(captions), self.prompt_context([""])
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return self._generate(self.params, self.frozen, prompt, null_prompt,
                             tuple(latent_shape), sampler, steps, float(guidance), shift,
                             int(stage_frames), start, float(given_noise),
                             jnp.asarray(seeds, jnp.uint32), given,
-                            given_latents, source)
+                            given_latents, source, anchor)
 
   def prompt_context(self, captions: list[str]) -> tuple[jax.Array, jax.Array]:
     """(text embeddings (N, L, D), mask (N, L)) of `captions`: a frozen encoder's from the

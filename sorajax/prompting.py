@@ -407,7 +407,8 @@ def check_refresh(refresh: float, name: str = "refresh") -> None:
 
 def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | None = None,
             context: int | None = None, chunk: Chunk | None = None, carry: str = "latents",
-            refresh: float | None = None, **settings) -> Iterator[np.ndarray]:
+            refresh: float | None = None, anchor: bool | None = None,
+            **settings) -> Iterator[np.ndarray]:
   """Yields uint8 pieces (N, t, H, W, 3) of videos `total_frames` long, first to last.
 
   The first chunk comes from text (or animates `images`); each later one is given the last
@@ -427,6 +428,10 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   at the price of larger steps where chunks meet and round(refresh * steps) more sampler steps per
   chunk (bench/RESULTS.md, issue 5). Default: the run's sample.rollout_refresh with
   carry="latents" (0 for runs saved before it), 0 with carry="frames".
+
+  `anchor` shows every later chunk the first chunk's first latent frame (the image latent of the
+  video's first frame) as an anchor frame: a sharp view of what the objects look like, however
+  far the context has drifted. Default: on for runs trained with flow.anchor > 0.
   """
   check_captions(captions, seeds)
   if carry not in ("latents", "frames"):
@@ -440,6 +445,8 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   context = _default_context(chunk, context)
   if total_frames < 1:
     raise ValueError(f"total_frames={total_frames} must be at least 1")
+  if anchor is None:
+    anchor = generator.objective.anchor > 0
   if images is None:
     latents = generator.sample_latents(list(captions), list(seeds), chunk.latent_shape,
                                        **_one_pass(settings))
@@ -448,6 +455,8 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   decoded = generator.decode(latents)
   piece, keep, made, index = decoded, chunk.video_frames(context, first=True), 0, 0
   given = np.arange(chunk.latents) < context
+  if anchor:
+    settings = {**settings, "anchor": latents[:, :1]}
   while True:
     piece = piece[:, :total_frames - made]
     yield piece

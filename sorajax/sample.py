@@ -42,6 +42,9 @@ _REFRESH = flags.DEFINE_float(
     "refresh", None, "rollout: redraw each later chunk from this far towards noise under the "
     "prompt, [0, 1): larger keeps shapes longer, with larger steps between chunks and "
     "refresh x steps more sampler steps per chunk (default: the run's sample.rollout_refresh).")
+_ANCHOR = flags.DEFINE_boolean(
+    "anchor", None, "rollout: show every later chunk the video's first frame as an anchor frame "
+    "(default: on for runs trained with flow.anchor > 0).")
 _CONTEXT = flags.DEFINE_integer("context", None, "extend, extend_back, rollout: latent frames of "
                                 "what is there given to each chunk (default: the mode's).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Videos per prompt (seeds seed..seed+n-1).")
@@ -135,7 +138,8 @@ def _rollout(generator, captions, seeds, settings, stems) -> list[int]:
   writers = [video_io.Mp4Writer(stem + ".mp4", _FPS.value, _SCALE.value) for stem in stems]
   try:
     for piece in prompting.rollout(generator, captions, seeds, total, context=_CONTEXT.value,
-                                   chunk=chunk, refresh=_REFRESH.value, **settings):
+                                   chunk=chunk, refresh=_REFRESH.value, anchor=_ANCHOR.value,
+                                   **settings):
       for writer, video in zip(writers, piece):
         writer.write(video)
       print(f"{writers[0].frames}/{total} frames", flush=True)

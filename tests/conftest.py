@@ -65,5 +65,6 @@ def dit_workdir(tmp_path_factory, vae_workdir):
   config.sample.stage_frames = 1
   config.flow.frame_noise_correlation = 0.5  # sampling draws the same correlated prior
   config.sample.rollout_refresh = 0.5  # rollouts redraw their chunks unless a test says not to
+  config.flow.anchor = 0.5  # rollouts show later chunks an anchor frame unless a test says not to
   train.train_and_evaluate(config, workdir)
   return workdir

@@ -89,7 +89,8 @@ def test_every_remat_policy_gives_the_same_gradients():
 
 
 @pytest.mark.parametrize("kw,per_frame", [({}, False), ({"text_attention": "joint"}, False),
-                                          ({"pooled_text": True}, True)])
+                                          ({"pooled_text": True}, True),
+                                          ({"anchor_frame": True}, True)])
 def test_analytic_flops_match_xla_cost_analysis(kw, per_frame):
   """Matmuls and attention are nearly all of XLA's count; the rest is elementwise work."""
   model = dit.get_dit("demo", patch=(1, 1, 1), out_channels=16, **kw)
@@ -97,10 +98,12 @@ def test_analytic_flops_match_xla_cost_analysis(kw, per_frame):
   batch, grid, length = 2, (3, 4, 4), 24
   x, t = jnp.zeros((batch, *grid, 16)), jnp.zeros((batch, 3) if per_frame else (batch,))
   ctx, mask = jnp.zeros((batch, length, 128)), jnp.ones((batch, length), bool)
+  anchor = (jnp.zeros((batch, 1, *grid[1:], 16)),) if model.anchor_frame else ()
   params = jax.eval_shape(model.init, KEY, x, t, ctx, mask)
-  cost = jax.jit(model.apply).lower(params, x, t, ctx, mask).cost_analysis()
+  cost = jax.jit(model.apply).lower(params, x, t, ctx, mask, *anchor).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  analytic = batch * model.forward_flops((*grid, 16), length, 128, per_frame_times=per_frame)
+  analytic = batch * model.forward_flops((*grid, 16), length, 128, per_frame_times=per_frame,
+                                         anchor=model.anchor_frame)
   assert 0.95 <= analytic / cost["flops"] <= 1.0, analytic / cost["flops"]
 
 
@@ -118,3 +121,41 @@ def test_patchify_round_trip_and_token_order(patch):
   pt, ph, pw = patch
   block = x[:, t * pt:(t + 1) * pt, h * ph:(h + 1) * ph, w * pw:(w + 1) * pw]
   np.testing.assert_array_equal(tokens[:, index], block.reshape(2, -1))
+
+
+@pytest.mark.parametrize("text_attention,positions", [("cross", "rope"), ("joint", "rope+sincos")])
+def test_a_hidden_anchor_frame_is_exactly_no_anchor(text_attention, positions):
+  """An example whose anchor is masked gets the velocity of the DiT without one (its keys are
+  hidden and its tokens are read out by no one); a shown anchor changes the velocity."""
+  model = dit.get_dit("tiny", anchor_frame=True, text_attention=text_attention,
+                      positions=positions)
+  x, t, ctx, mask = _dit_inputs((3, 4, 4))
+  anchor = np.random.default_rng(5).standard_normal((2, 1, 4, 4, 4)).astype(np.float32)
+  params = _perturb(model.init(KEY, x, t, ctx, mask))
+  assert nn.unbox(params)["params"]["anchor_embed"].shape == (model.hidden,)
+  plain = model.apply(params, x, t, ctx, mask)
+  hidden = model.apply(params, x, t, ctx, mask, anchor, jnp.array([False, False]))
+  np.testing.assert_allclose(hidden, plain, atol=1e-5)
+  half = model.apply(params, x, t, ctx, mask, anchor, jnp.array([False, True]))
+  shown = model.apply(params, x, t, ctx, mask, anchor)
+  np.testing.assert_allclose(half[0], plain[0], atol=1e-5)
+  np.testing.assert_allclose(half[1], shown[1], atol=1e-5)
+  assert np.abs(shown[1] - plain[1]).max() > 1e-2
+  # Per-frame times: the anchor's own time is 0, the clip's are as given.
+  frame_t = np.broadcast_to(t[:, None], x.shape[:2])
+  np.testing.assert_allclose(model.apply(params, x, frame_t, ctx, mask, anchor), shown, atol=1e-5)
+
+
+def test_anchor_frame_errors():
+  x, t, ctx, mask = _dit_inputs((3, 4, 4))
+  anchor = np.zeros((2, 1, 4, 4, 4), np.float32)
+  plain = dit.get_dit("tiny")
+  params = plain.init(KEY, x, t, ctx, mask)
+  with pytest.raises(ValueError, match="takes no anchor frame; build it with anchor_frame=True"):
+    plain.apply(params, x, t, ctx, mask, anchor)
+  model = dit.get_dit("tiny", anchor_frame=True)
+  params = model.init(KEY, x, t, ctx, mask)
+  with pytest.raises(ValueError, match="must be one latent frame"):
+    model.apply(params, x, t, ctx, mask, np.zeros((2, 2, 4, 4, 4), np.float32))
+  with pytest.raises(ValueError, match=r"anchor_mask shape=\(1,\) must be \(batch,\)"):
+    model.apply(params, x, t, ctx, mask, anchor, np.ones((1,), bool))

@@ -150,8 +150,12 @@ def test_rollout_measures_each_side_on_known_minutes(monkeypatch):
   chunk = types.SimpleNamespace(frames=9, height=32, width=32, factor=4,
                                 video_frames=lambda latents, first: 1 + 4 * (latents - 1))
   prompts = [shapes.Prompt((triangle,), "black"), shapes.Prompt((mover,), "black")]
-  metrics = evaluate_modes.rollout(_Coder(), chunk, prompts, {}, seconds=10, fps=8,
-                                   refresh=0.0)["metrics"]
+  result = evaluate_modes.rollout(_Coder(), chunk, prompts, {}, seconds=10, fps=8, refresh=0.0)
+  metrics = result["metrics"]
+  # Only the in-view minute has a trace: kept while a triangle, misshaped once a circle.
+  ((caption, trace),) = result["traces"]
+  assert caption == prompts[0].caption and len(trace) == 9
+  assert trace.startswith("1111") and trace.endswith("ssss") and set(trace) <= {"1", "s"}
   # The seen counterpart (the green triangle bouncing) runs on its partner's seed, 0.
   assert asked[0][1] == [0, 1, 0] and asked[0][0][2].startswith("a green triangle bouncing")
   assert metrics["windows"] == 9  # 80 frames: windows start every 8 frames up to frame 64

@@ -57,28 +57,42 @@ def test_cache_is_reused_while_its_fingerprint_matches_and_rebuilt_otherwise(tmp
     latent_cache.load_or_build(workdir, range(3), 4, encoder, {})
 
 
-def test_dit_loss_from_cached_latents_equals_loss_from_pixels(vae_workdir, tmp_path):
-  config = tiny_config(DIT_CONFIG, **{"data.latent_cache": 8})
+@pytest.mark.parametrize("anchor", [0.0, 0.5])
+def test_dit_loss_from_cached_latents_equals_loss_from_pixels(vae_workdir, tmp_path, anchor):
+  config = tiny_config(DIT_CONFIG, **{"data.latent_cache": 8, "flow.anchor": anchor})
   config.vae_workdir = vae_workdir
   mesh = mesh_lib.make_mesh({"data": 8})
   objective = objectives.build_objective(config, mesh)
   objective.prepare(str(tmp_path))
   (cache,) = objective.train_sources  # one bucket
   assert len(cache) == 8
-  world = pipeline.make_source(config.data, "train", config.seed)
+  world = pipeline.make_source(config.data, "train", config.seed, anchor=bool(anchor))
   videos = np.stack([world[i]["video"] for i in range(8)])
   tokens, mask = objective.tokenizer.encode_batch([str(c) for c in cache.captions])
-  # Under jit, as the trainer runs them: op by op, every operation compiles on its own.
+  # Under jit, as the trainer runs them: op by op, every operation compiles on its own. Perturbed,
+  # so the velocity (zero at init) reads the latents and the anchor.
   params = jax.jit(objective.init_params)(jax.random.key(0))
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
   text = {"tokens": tokens, "token_mask": mask}
+  pixels, cached = {"video": videos, **text}, {"latents": cache.latents, **text}
+  if anchor:  # the cache holds each clip's anchor frame, encoded as an image
+    assert cache.anchors.shape == (8, 1) + cache.latents.shape[2:]
+    pixels["anchor"] = np.stack([world[i]["anchor"] for i in range(8)])
+    cached["anchor_latents"] = cache.anchors
+  else:
+    assert cache.anchors is None
   rng = jax.random.key(3)
   loss = jax.jit(objective.loss)
-  from_pixels, _ = loss(params, objective.frozen, {"video": videos, **text}, rng, 0)
-  from_cache, _ = loss(params, objective.frozen, {"latents": cache.latents, **text}, rng, 0)
+  from_pixels, metrics = loss(params, objective.frozen, pixels, rng, 0)
+  from_cache, _ = loss(params, objective.frozen, cached, rng, 0)
   np.testing.assert_allclose(float(from_cache), float(from_pixels), rtol=1e-5)
+  if anchor:
+    assert 0 < float(metrics["anchored"]) < 1  # this key shows some of the 8 an anchor, not all
+    other = dict(cached, anchor_latents=np.roll(cache.anchors, 1, axis=0))
+    assert abs(float(loss(params, objective.frozen, other, rng, 0)[0]) - float(from_cache)) > 1e-6
   # The trainer's stream serves the cache as global batches over the mesh's 8 devices.
   batch = next(pipeline.train_batches(config, mesh, objective.tokenizer, [cache]))
-  assert set(batch) == {"latents", "tokens", "token_mask"}
+  assert set(batch) == {"latents", "tokens", "token_mask"} | ({"anchor_latents"} if anchor else set())
   assert batch["latents"].shape == (8,) + cache.latents.shape[1:]
   assert len(batch["latents"].sharding.device_set) == 8
 

@@ -45,3 +45,12 @@ def test_unknown_source():
   c.data.source = "imagenet"
   with pytest.raises(configuration.ConfigError, match="valid: shapes"):
     pipeline.make_source(c.data, "train", 0)
+
+
+def test_anchor_frames_come_only_from_the_built_in_world():
+  c = config()
+  assert "anchor" in pipeline.make_source(c.data, "train", 0, anchor=True)[0]
+  c.data.source = "records"
+  with pytest.raises(configuration.ConfigError,
+                     match="only data.source='shapes' provides so far, not 'records'"):
+    pipeline.make_source(c.data, "train", 0, anchor=True)

@@ -224,6 +224,36 @@ def test_rollout_refresh_redraws_each_later_chunk_and_carries_the_redraw(generat
                            carry="frames"))
 
 
+def test_rollout_shows_every_later_chunk_its_first_frame_as_the_anchor(generator, calls,
+                                                                      monkeypatch):
+  # Two training steps leave every block the identity (adaLN-Zero): weights that mix tokens.
+  noise = lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape, p.dtype)
+  monkeypatch.setattr(generator, "params", jax.tree.map(noise, generator.params))
+  chunk = prompting.Chunk(generator, frames=9)
+  caption, seeds = ["a red square moving down"], [5]
+  assert generator.objective.anchor > 0  # the run trained with anchors: rollouts use them
+  pieces = list(prompting.rollout(generator, caption, seeds, 17, chunk=chunk, **STEPS))
+  first, *later = calls
+  assert first.get("anchor") is None and len(later) == 4  # two chunks, each made and redrawn
+  for call in later:  # made and redrawn alike
+    np.testing.assert_array_equal(call["anchor"], first["out"][:, :1])
+  plain_calls = len(calls)
+  plain = list(prompting.rollout(generator, caption, seeds, 17, chunk=chunk, anchor=False,
+                                 **STEPS))
+  assert all(call.get("anchor") is None for call in calls[plain_calls:])
+  np.testing.assert_array_equal(plain[0], pieces[0])  # the first chunk has no anchor either way
+  assert np.abs(calls[plain_calls + 1]["out"] - later[0]["out"]).max() > 1e-6
+  generator.objective.anchor = 0.0  # as if trained without
+  try:
+    with pytest.raises(configuration.ConfigError, match="not trained with anchor frames"):
+      list(prompting.rollout(generator, caption, seeds, 17, chunk=chunk, anchor=True, **STEPS))
+    start = len(calls)
+    list(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, **STEPS))
+    assert len(calls) > start + 1 and all(c.get("anchor") is None for c in calls[start:])
+  finally:
+    generator.objective.anchor = 0.5
+
+
 def test_rollout_pieces_continue_each_other(generator):
   chunk = prompting.Chunk(generator, frames=9)
   pieces = list(prompting.rollout(generator, ["a red square moving down"], [5], 17, chunk=chunk,

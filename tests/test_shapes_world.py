@@ -312,3 +312,27 @@ def test_reworded_captions_name_the_same_scene_in_training_words():
   assert count(shapes.longest_caption(3, count)) == shapes.max_caption_words(3)
   with pytest.raises(ValueError, match=r"rewording=1.5 must be a share in \[0, 1\]"):
     shapes.ShapesWorld(frames=3, height=16, width=16, rewording=1.5)
+
+
+def test_anchor_frames_show_the_scene_elsewhere_and_leave_the_clip_as_it_was():
+  plain, anchored = _world(max_objects=1), _world(max_objects=1, anchor=True)
+  assert "anchor=True" in repr(anchored) and "anchor" not in repr(plain)
+  places = []
+  for index in range(20):
+    example, other = anchored[index], plain[index]
+    assert "anchor" not in other
+    np.testing.assert_array_equal(example["video"], other["video"])  # same clip, same caption
+    assert example["caption"] == other["caption"]
+    anchor = example["anchor"]
+    assert anchor.shape == (1, 32, 32, 3) and anchor.dtype == np.uint8
+    np.testing.assert_array_equal(anchor, anchored[index]["anchor"])  # fixed by the index
+    (obj,) = example["prompt"].objects
+    # The object's color covers as many pixels as in the clip (same size, same shape) ...
+    covered = lambda v: (np.abs(v.astype(int) - shapes.COLORS[obj.color]).sum(-1) < 60).sum()
+    assert covered(anchor[0]) == pytest.approx(covered(example["video"][0]), rel=0.35)
+    # ... and the background is the clip's.
+    corner_free = np.abs(anchor[0].astype(int) - shapes.BACKGROUNDS[example["prompt"].background])
+    assert (corner_free.sum(-1) < 3).mean() > 0.5
+    places.append(_centroids(anchor, obj.color)[0] - _centroids(example["video"][:1], obj.color)[0])
+  # Elsewhere in the frame: not where the clip starts.
+  assert np.median(np.linalg.norm(places, axis=1)) > 4

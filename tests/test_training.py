@@ -205,9 +205,14 @@ def test_sampling_is_deterministic_per_seed(dit_workdir):
 @pytest.mark.parametrize("key,value,message", [
     ("flow.frame_noise_correlation", 1.0, r"frame_noise_correlation=1.0 must be in \[0, 1\)"),
     ("flow.motion_weight", -1.0, r"motion_weight=-1.0 must be >= 0"),
+    ("flow.anchor", 1.5, r"flow.anchor=1.5 must be in \[0, 1\]"),
+    ("dit.patch", (2, 1, 1), r"flow.anchor needs dit.patch\[0\] == 1"),
+    ("data.latent_records", "/somewhere", "precomputed latents .* do not hold yet"),
 ])
 def test_bad_flow_setting_is_a_config_error(vae_workdir, key, value, message):
   config = tiny_config(DIT_CONFIG, **{key: value})
+  if key != "flow.anchor":  # the other settings are refused with anchor frames
+    config.flow.anchor = 0.5
   config.vae_workdir = vae_workdir
   with pytest.raises(configuration.ConfigError, match=message):
     objectives.build_objective(config, mesh_lib.make_mesh({"data": 8}))

@@ -114,6 +114,10 @@ def get_config(arg=None):
   # minute-long rollout keeps color and shape in 84% and 71% of its windows on two seeds, against
   # 32% without; held-out color AND motion reads 90.4% and 71.2% against 84.6% (bench/RESULTS.md,
   # issue 5 sixth pass). It costs one more forward pass per step on video batches.
+  # > 0: this share of video examples also sees an anchor frame, one clean latent frame of the same
+  # video at another time (models/dit.py), so a long rollout can show every chunk its first frame
+  # (prompting.rollout). The built-in world draws it with the clip's objects elsewhere in the frame.
+  config.flow.anchor = 0.0
   config.flow.self_context = 1.0
   config.flow.self_context_time = 0.8
   # Correlation of the noise between latent frames (0: independent; see flow.frame_noise). 0.5

@@ -30,20 +30,27 @@ def process_share(num_examples: int, process_index: int, process_count: int) -> 
 
 
 class LatentCache:
-  """Random-access source of {"latents": (T, h, w, c) float32, "caption": str} (grain-compatible)."""
+  """Random-access source of {"latents": (T, h, w, c) float32, "caption": str} (grain-compatible),
+  and "anchor_latents" (1, h, w, c) when the source's clips carry an anchor frame."""
 
   process_local = True  # holds this process's share only: the loader must not shard it again
 
-  def __init__(self, latents: np.ndarray, captions: np.ndarray):
+  def __init__(self, latents: np.ndarray, captions: np.ndarray,
+               anchors: np.ndarray | None = None):
     if len(latents) != len(captions):
       raise ValueError(f"{len(latents)} latents but {len(captions)} captions")
-    self.latents, self.captions = latents, captions
+    if anchors is not None and len(anchors) != len(latents):
+      raise ValueError(f"{len(latents)} latents but {len(anchors)} anchor latents")
+    self.latents, self.captions, self.anchors = latents, captions, anchors
 
   def __len__(self) -> int:
     return len(self.latents)
 
   def __getitem__(self, index: int) -> dict:
-    return {"latents": self.latents[index], "caption": str(self.captions[index])}
+    example = {"latents": self.latents[index], "caption": str(self.captions[index])}
+    if self.anchors is not None:
+      example["anchor_latents"] = self.anchors[index]
+    return example
 
   def __repr__(self) -> str:
     return f"LatentCache(clips={len(self)}, latent_shape={self.latents.shape[1:]})"
@@ -51,23 +58,30 @@ class LatentCache:
 
 def encode_source(encode_batch: Callable[[np.ndarray], np.ndarray], source, indices: range,
                   batch_size: int) -> LatentCache:
-  """Encodes `source[i]["video"]` for i in `indices`, `batch_size` clips per encoder call.
+  """Encodes `source[i]["video"]` (and `source[i]["anchor"]`, where the source has anchor frames)
+  for i in `indices`, `batch_size` clips per encoder call.
 
   The last batch is padded to full size (one compiled shape) and the padding dropped.
   """
-  latents, captions = [], []
-  for start in range(indices.start, indices.stop, batch_size):
-    chunk = [source[i] for i in range(start, min(start + batch_size, indices.stop))]
-    videos = np.stack([example["video"] for example in chunk])
+  def encode(chunk, name):
+    videos = np.stack([example[name] for example in chunk])
     pad = batch_size - len(chunk)
     if pad:
       videos = np.concatenate([videos, np.repeat(videos[-1:], pad, axis=0)])
-    latents.append(np.asarray(encode_batch(videos))[: len(chunk)])
+    return np.asarray(encode_batch(videos))[: len(chunk)]
+
+  latents, anchors, captions = [], [], []
+  for start in range(indices.start, indices.stop, batch_size):
+    chunk = [source[i] for i in range(start, min(start + batch_size, indices.stop))]
+    latents.append(encode(chunk, "video"))
+    if "anchor" in chunk[0]:
+      anchors.append(encode(chunk, "anchor"))
     captions += [example["caption"] for example in chunk]
   if not latents:
     raise ValueError(f"process share {indices} of the latent cache is empty; "
                      "set data.latent_cache to at least the number of batch shares (processes)")
-  return LatentCache(np.concatenate(latents).astype(np.float32), np.asarray(captions))
+  return LatentCache(np.concatenate(latents).astype(np.float32), np.asarray(captions),
+                     np.concatenate(anchors).astype(np.float32) if anchors else None)
 
 
 def _path(workdir: str, name: str = "") -> str:
@@ -82,7 +96,8 @@ def _load(path: str, fingerprint: str) -> LatentCache | None:
   with np.load(path) as stored:
     if str(stored["fingerprint"]) != fingerprint:
       return None
-    return LatentCache(stored["latents"], stored["captions"])
+    return LatentCache(stored["latents"], stored["captions"],
+                       stored["anchors"] if "anchors" in stored else None)
 
 
 def load_or_build(workdir: str, source, num_examples: int,
@@ -107,7 +122,8 @@ def load_or_build(workdir: str, source, num_examples: int,
   cache = encode_source(encode_batch, source, share, batch_size)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   temporary = path[: -len(".npz")] + ".tmp.npz"  # np.savez adds .npz to names without it
+  anchors = {} if cache.anchors is None else {"anchors": cache.anchors}
   np.savez(temporary, latents=cache.latents, captions=cache.captions,
-           fingerprint=np.asarray(fingerprint))
+           fingerprint=np.asarray(fingerprint), **anchors)
   os.replace(temporary, path)
   return cache

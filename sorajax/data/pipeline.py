@@ -24,21 +24,32 @@ SOURCES = ("shapes", "records", "tfds")
 
 
 def make_source(data: ml_collections.ConfigDict, split: str, seed: int,
-                size: tuple[int, int, int] | None = None):
+                size: tuple[int, int, int] | None = None, anchor: bool = False):
   """The random-access source named by `data.source`, at `size` (frames, height, width) or the
-  config's data.frames/height/width."""
+  config's data.frames/height/width; with `anchor`, each example also holds an anchor frame of
+  its video at another time (flow.anchor; `wants_anchor`)."""
   frames, height, width = size or (data.frames, data.height, data.width)
   if data.source == "shapes":
     return shapes.ShapesWorld(
         frames=frames, height=height, width=width, split=split,
         min_objects=data.min_objects, max_objects=data.max_objects, seed=seed,
-        rewording=data.get("caption_rewording", 0.0) if split == "train" else 0.0)
+        rewording=data.get("caption_rewording", 0.0) if split == "train" else 0.0, anchor=anchor)
+  if anchor:
+    raise ConfigError(f"flow.anchor needs an anchor frame per training clip, which only "
+                      f"data.source='shapes' provides so far, not {data.source!r}; set "
+                      f"--config.flow.anchor=0")
   if data.source in ("records", "tfds"):  # python -m sorajax.prepare's folder, or a TFDS dataset
     try:
       return video_source.from_config(data, (frames, height, width), seed, split)
     except ValueError as e:
       raise ConfigError(str(e)) from e
   raise ConfigError(f"data.source={data.source!r} is unknown; valid: {', '.join(SOURCES)}")
+
+
+def wants_anchor(config: ml_collections.ConfigDict, frames: int) -> bool:
+  """Whether training clips of `frames` video frames carry an anchor frame: a DiT run with
+  flow.anchor > 0, and clips longer than the one frame an anchor would stand beside."""
+  return frames > 1 and float(config.get("flow", {}).get("anchor", 0.0)) > 0
 
 
 class EncodeExample(grain.MapTransform):
@@ -50,7 +61,8 @@ class EncodeExample(grain.MapTransform):
     self._tokenizer, self._prompt_table = tokenizer, prompt_table
 
   def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
-    out = {name: example[name] for name in ("video", "latents") if name in example}
+    out = {name: example[name] for name in ("video", "latents", "anchor", "anchor_latents")
+           if name in example}
     if self._prompt_table is not None:
       out["text_embedding"], out["token_mask"] = self._prompt_table[example["caption"]]
     elif self._tokenizer is not None:
@@ -178,8 +190,8 @@ def train_batches(config: ml_collections.ConfigDict, mesh, tokenizer=None,
   streams = []
   for i, bucket in enumerate(buckets):
     local = None if local_sources is None else local_sources[i]
-    source = local if local is not None else make_source(config.data, "train", config.seed,
-                                                         bucket.size)
+    source = local if local is not None else make_source(
+        config.data, "train", config.seed, bucket.size, wants_anchor(config, bucket.frames))
     what = "train.batch_size" if len(buckets) == 1 else f"the batch of bucket {bucket.name}"
     loader = make_loader(source, batch_size=per_process_batch_size(bucket.batch_size, mesh, what),
                          seed=config.seed + i, tokenizer=tokenizer, prompt_table=prompt_table,

@@ -484,12 +484,14 @@ class ShapesWorld:
   """Random-access captioned videos; example `index` depends only on the constructor args.
 
   split="train" never shows a held-out triple; split="heldout" shows exactly one object,
-  always a held-out triple (max_objects and min_objects are ignored there).
+  always a held-out triple (max_objects and min_objects are ignored there). With `anchor`, each
+  example also holds "anchor": one frame (1, height, width, 3) of the same scene at another time,
+  every object at a place of its own drawn anywhere in the frame (`anchor_frame`).
   """
 
   def __init__(self, *, frames: int, height: int, width: int, split: str = "train",
                max_objects: int = 3, min_objects: int = 1, seed: int = 0,
-               num_examples: int = 1_000_000, rewording: float = 0.0):
+               num_examples: int = 1_000_000, rewording: float = 0.0, anchor: bool = False):
     _check_name("split", split, _SPLITS)
     _check_size(frames, height, width)
     if not 1 <= min_objects <= max_objects <= len(COLORS):
@@ -503,6 +505,7 @@ class ShapesWorld:
     if not 0.0 <= rewording <= 1.0:
       raise ValueError(f"rewording={rewording} must be a share in [0, 1]")
     self.rewording = rewording  # share of captions worded with REWORDINGS (see `reword`)
+    self.anchor = anchor
 
   def __len__(self) -> int:
     return self.num_examples
@@ -512,7 +515,8 @@ class ShapesWorld:
     return (f"ShapesWorld(frames={self.frames}, height={self.height}, width={self.width}, "
             f"split={self.split!r}, min_objects={self.min_objects}, "
             f"max_objects={self.max_objects}, seed={self.seed}, num_examples={self.num_examples}"
-            + (f", rewording={self.rewording})" if self.rewording else ")"))
+            + (f", rewording={self.rewording}" if self.rewording else "")
+            + (", anchor=True)" if self.anchor else ")"))
 
   def _sample_prompt(self, rng: np.random.Generator) -> Prompt:
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
@@ -545,4 +549,20 @@ class ShapesWorld:
       rng = np.random.default_rng([self.seed, _SPLITS[self.split], index, 1])
       if rng.random() < self.rewording:
         caption = reword(prompt, rng)
-    return {"video": video, "caption": caption, "prompt": prompt}
+    example = {"video": video, "caption": caption, "prompt": prompt}
+    if self.anchor:  # its own stream too
+      rng = np.random.default_rng([self.seed, _SPLITS[self.split], index, 2])
+      example["anchor"] = anchor_frame(placements, prompt.background, height=self.height,
+                                       width=self.width, rng=rng)
+    return example
+
+
+def anchor_frame(placements: list[Placement], background: str, *, height: int, width: int,
+                 rng: np.random.Generator) -> np.ndarray:
+  """(1, height, width, 3): the placed objects, each at a uniform place in the frame, as a frame of
+  the same video a long time away would show them: same look, anywhere. Objects may overlap."""
+  moved = []
+  for p in placements:
+    room = np.array([width, height], np.float64) - p.size
+    moved.append(Placement(p.obj, p.size, (rng.uniform(0.0, 1.0, 2) * room)[None]))
+  return draw(moved, background, frames=1, height=height, width=width)

@@ -86,6 +86,15 @@ def check_self_context(share: float, time: float) -> None:
                      "the model's own estimate of the given frames is made from")
 
 
+def check_anchor(share: float, temporal_patch: int) -> None:
+  if not 0.0 <= share <= 1.0:
+    raise ValueError(f"flow.anchor={share} must be in [0, 1]: the share of video examples shown "
+                     "an anchor frame (0: none)")
+  if share and temporal_patch != 1:
+    raise ValueError(f"flow.anchor needs dit.patch[0] == 1 (an anchor is one latent frame), not "
+                     f"{temporal_patch}; set --config.flow.anchor=0 or a temporal patch of 1")
+
+
 def check_motion_weight(weight: float) -> None:
   if weight < 0:
     raise ValueError(f"flow.motion_weight={weight} must be >= 0 (0: off); a negative weight "

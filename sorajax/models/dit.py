@@ -9,6 +9,12 @@ velocity.
 The time may differ per latent frame (t of shape (B, T)): frames given as clean conditioning sit at
 t=0 next to frames still being denoised, which is how one model animates an image or extends a
 clip (as in Wan 2.2's and LTX-Video's frame conditioning).
+
+With `anchor_frame`, the DiT also takes an *anchor*: one clean latent frame of the same video from
+another time (a long rollout's first frame). Its tokens go before the clip's, at time 0 and with a
+learned embedding that marks them, join every self-attention as keys and queries, and are dropped
+before the output: the clip can look up what its objects look like without being told where they
+are now. A per-example mask hides the anchor's keys, which is exactly the DiT without an anchor.
 """
 
 import dataclasses
@@ -106,13 +112,16 @@ class DiTBlock(nn.Module):
   joint_text: bool = False
   dtype: Dtype = jnp.float32
   context_parallel: str = "ulysses"
+  # Leading rows of cond that belong to an anchor frame, left out of the text tokens' modulation.
+  anchor_rows: int = 0
 
   @nn.compact
-  def __call__(self, carry, cond, context, context_mask, rope_angles=None):
+  def __call__(self, carry, cond, context, context_mask, rope_angles=None, token_mask=None):
     """One step of the block stack, shaped for `nn.scan`: returns (carry, None).
 
     carry is the video tokens (B, N, hidden), or the pair (video, text tokens) with `joint_text`;
-    cond (B, F, hidden) is the time embedding for the whole clip (F=1) or per token frame.
+    cond (B, F, hidden) is the time embedding for the whole clip (F=1) or per token frame;
+    token_mask (B, N), if given, is False for video tokens no other token may attend to.
     """
     x = carry
     if self.joint_text:
@@ -123,19 +132,20 @@ class DiTBlock(nn.Module):
       6 * self.hidden, ("embed", "mlp"), kernel_init=_zeros, dtype=self.dtype, name="modulation"
     )(nn.silu(cond))
     num_video = x.shape[1]
-    key_mask = None
+    key_mask = None if token_mask is None else token_mask[:, None, None, :]
     if self.joint_text:
       # Text tokens take the clip's mean modulation, sit at rotation angle 0, and pads are no keys.
       b, length = context.shape[:2]
       mod = jnp.concatenate([
           jnp.broadcast_to(_per_frame(mod, num_video), (b, num_video, mod.shape[-1])),
-          jnp.broadcast_to(mod.mean(1, keepdims=True), (b, length, mod.shape[-1]))], axis=1)
+          jnp.broadcast_to(mod[:, self.anchor_rows:].mean(1, keepdims=True),
+                           (b, length, mod.shape[-1]))], axis=1)
       x = jnp.concatenate([x, context], axis=1)
       if rope_angles is not None:
         rope_angles = jnp.concatenate(
             [rope_angles, jnp.zeros((length, rope_angles.shape[-1]), rope_angles.dtype)])
-      key_mask = jnp.concatenate([jnp.ones((b, num_video), bool), context_mask], axis=1)
-      key_mask = key_mask[:, None, None, :]
+      video_keys = jnp.ones((b, num_video), bool) if token_mask is None else token_mask
+      key_mask = jnp.concatenate([video_keys, context_mask], axis=1)[:, None, None, :]
     else:
       mod = _per_frame(mod, num_video)
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
@@ -196,10 +206,12 @@ class DiT(nn.Module):
   # Blocks per iteration of the scan loop; 0 unrolls it fully (one long program, which XLA may
   # schedule better and whose cost analysis then counts every block).
   scan_unroll: int = 1
+  # Takes an anchor frame (module docstring): adds the embedding that marks its tokens.
+  anchor_frame: bool = False
   dtype: Dtype = jnp.float32
 
   def forward_flops(self, latent_shape: tuple[int, ...], text_length: int, text_width: int,
-                    per_frame_times: bool = False) -> int:
+                    per_frame_times: bool = False, anchor: bool = False) -> int:
     """Matmul and attention FLOPs (2 per multiply-add) of one example's forward pass.
 
     latent_shape is (T, H, W, C). Elementwise work (norms, activations, softmax, rotary) is left
@@ -210,6 +222,8 @@ class DiT(nn.Module):
     n = (t // pt) * (h // ph) * (w // pw)  # video tokens
     d, m, length = self.hidden, int(self.hidden * self.mlp_ratio), text_length
     cond_rows = t // pt if per_frame_times else 1  # rows of time embedding that get projected
+    if anchor:  # one more token frame, at its own time
+      n, cond_rows = n + (h // ph) * (w // pw), t // pt + 1
     dense = lambda rows, fan_in, fan_out: 2 * rows * fan_in * fan_out
     if self.text_attention == "joint":
       s = n + length
@@ -241,7 +255,7 @@ class DiT(nn.Module):
       # recomputation with the forward pass.
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
     return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                   in_axes=(nn.broadcast,) * 4, length=self.depth, unroll=self.scan_unroll or self.depth,
+                   in_axes=(nn.broadcast,) * 5, length=self.depth, unroll=self.scan_unroll or self.depth,
                    metadata_params={nn.PARTITION_NAME: "layers"})
 
   def _grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -251,25 +265,43 @@ class DiT(nn.Module):
       check_multiple(name, size, p, what="latent")
     return tuple(size // p for size, p in zip(shape[1:4], self.patch))
 
+  def _check_anchor(self, x, anchor, anchor_mask) -> None:
+    if not self.anchor_frame:
+      raise ValueError("this DiT takes no anchor frame; build it with anchor_frame=True "
+                       "(flow.anchor > 0)")
+    if self.patch[0] != 1:
+      raise ValueError(f"an anchor frame needs temporal patch 1, not {self.patch[0]}")
+    if anchor.shape != (x.shape[0], 1) + x.shape[2:]:
+      raise ValueError(f"anchor shape={anchor.shape} must be one latent frame "
+                       f"{(x.shape[0], 1) + x.shape[2:]}")
+    if anchor_mask is not None and anchor_mask.shape != x.shape[:1]:
+      raise ValueError(f"anchor_mask shape={anchor_mask.shape} must be (batch,)={x.shape[:1]}")
+
   @nn.compact
-  def __call__(self, x, t, context, context_mask):
+  def __call__(self, x, t, context, context_mask, anchor=None, anchor_mask=None):
     """Velocity (B, T, H, W, out_channels) for latents x (B, T, H, W, C) at times t in [0, 1].
 
     t is (B,) for one time per clip or (B, T) per latent frame; with a temporal patch pt > 1 a
     token takes the time of the first frame it covers. context (B, L, D) holds text embeddings;
-    context_mask (B, L) is True for real tokens.
+    context_mask (B, L) is True for real tokens. anchor (B, 1, H, W, C), with `anchor_frame`, is a
+    clean latent frame of the same video at another time; anchor_mask (B,) False where an example
+    has none (None: every example has one).
     """
     grid = self._grid(x.shape)
     if t.shape not in (x.shape[:1], x.shape[:2]):
       raise ValueError(f"t shape={t.shape} must be (batch,)={x.shape[:1]} or "
                        f"(batch, frames)={x.shape[:2]}")
+    if anchor is not None:
+      self._check_anchor(x, anchor, anchor_mask)
+      t = jnp.broadcast_to(t[:, None] if t.ndim == 1 else t, x.shape[:2])
+      t = jnp.concatenate([jnp.zeros_like(t[:, :1]), t], axis=1)  # the anchor is clean
     t = t[:, None] if t.ndim == 1 else t[:, :: self.patch[0]]  # (B, 1) or (B, token frames)
     if context_mask.shape != context.shape[:2]:
       raise ValueError(
         f"context_mask shape={context_mask.shape} must equal context[:2]={context.shape[:2]}"
       )
-    tokens = patchify(x.astype(self.dtype), self.patch)
-    h = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype, name="patch_embed")(tokens)
+    embed = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype, name="patch_embed")
+    h = embed(patchify(x.astype(self.dtype), self.patch))
     if self.positions not in POSITIONS:
       raise ValueError(f"positions={self.positions!r} is unknown; valid: {', '.join(POSITIONS)}")
     rope_angles = None
@@ -277,6 +309,24 @@ class DiT(nn.Module):
       rope_angles = jnp.asarray(rope.rope_angles(grid, self.hidden // self.num_heads))
     if "sincos" in self.positions.split("+"):
       h = h + jnp.asarray(sincos_3d(grid, self.hidden), self.dtype)
+    mark = None
+    if self.anchor_frame:
+      mark = self.param("anchor_embed", nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), ("embed",)), (self.hidden,), jnp.float32)
+    num_anchor, token_mask = 0, None
+    if anchor is not None:
+      # The anchor sits at time 0 at its own place in the frame, told apart by its embedding.
+      num_anchor = grid[1] * grid[2]
+      a = embed(patchify(anchor.astype(self.dtype), self.patch)) + mark.astype(self.dtype)
+      if "sincos" in self.positions.split("+"):
+        a = a + jnp.asarray(sincos_3d((1,) + grid[1:], self.hidden), self.dtype)
+      h = jnp.concatenate([a, h], axis=1)
+      if rope_angles is not None:
+        rope_angles = jnp.concatenate([rope_angles[:num_anchor], rope_angles])
+      if anchor_mask is not None:
+        token_mask = jnp.concatenate([
+            jnp.broadcast_to(anchor_mask.astype(bool)[:, None], (x.shape[0], num_anchor)),
+            jnp.ones((x.shape[0], h.shape[1] - num_anchor), bool)], axis=1)
     h = layers.constrain(h, layers.TOKENS)
     cond = layers.TimestepEmbedder(self.hidden, dtype=self.dtype, name="t_embed")(t)
     context = context.astype(self.dtype)
@@ -297,9 +347,12 @@ class DiT(nn.Module):
       text = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype, name="text_embed")(context)
     carry, context = ((h, text), None) if joint else (h, context)
     carry, _ = self._block_stack()(self.hidden, self.num_heads, self.mlp_ratio, self.attention,
-                                   joint, self.dtype, self.context_parallel, name="blocks")(
-        carry, cond, context, context_mask, rope_angles)
+                                   joint, self.dtype, self.context_parallel, int(num_anchor > 0),
+                                   name="blocks")(
+        carry, cond, context, context_mask, rope_angles, token_mask)
     h = carry[0] if joint else carry
+    if num_anchor:  # only the clip's tokens are read out
+      h, cond = h[:, num_anchor:], cond[:, 1:]
     # Final adaLN layer and zero-initialised projection back to patches.
     mod = layers.Dense(
       2 * self.hidden,

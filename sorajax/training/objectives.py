@@ -359,6 +359,7 @@ class DiTObjective:
                                remat=config.dit.get("remat", "none"),
                                scan_unroll=config.dit.get("scan_unroll", 1),
                                context_parallel=config.dit.get("context_parallel", "ulysses"),
+                               anchor_frame=float(config.flow.get("anchor", 0.0)) > 0,
                                dtype=_dtype(config))
     self.check_shape(d.frames, d.height, d.width)
     self.buckets = pipeline.train_buckets(config)
@@ -376,6 +377,13 @@ class DiTObjective:
     _checked(flow.check_motion_weight, self.motion_weight)
     self.given_noise = float(config.flow.get("given_noise", 0.0))  # 0 in runs saved before it
     _checked(flow.check_given_noise, self.given_noise)
+    # Share of video examples shown an anchor frame (flow.py `check_anchor`; 0 before it).
+    self.anchor = float(config.flow.get("anchor", 0.0))
+    _checked(flow.check_anchor, self.anchor, config.dit.patch[0])
+    if self.anchor and d.get("latent_records", ""):
+      raise ConfigError("flow.anchor needs an anchor frame per clip, which precomputed latents "
+                        "(data.latent_records) do not hold yet; train from data.latent_cache, or "
+                        "set --config.flow.anchor=0")
     self.self_context = float(config.flow.get("self_context", 0.0))  # 0 in runs saved before it
     self.self_context_time = float(config.flow.get("self_context_time", 0.5))
     _checked(flow.check_self_context, self.self_context, self.self_context_time)
@@ -407,7 +415,10 @@ class DiTObjective:
   def _check_context_split(self, frames: int, height: int, width: int) -> None:
     """A clip's self-attention sequence must split over the mesh's context axis."""
     dit = self.dit
-    tokens = self.num_tokens(self.latent_shape(frames, height, width))
+    shape = self.latent_shape(frames, height, width)
+    tokens = self.num_tokens(shape)
+    if dit.anchor_frame and frames > 1:  # an anchor frame's tokens join the sequence
+      tokens += self.num_tokens((1,) + shape[1:])
     if dit.text_attention == "joint":
       tokens += self.config.data.text_max_length
     _checked(context_lib.check_mesh_split, self.mesh, self.rules, tokens, dit.num_heads,
@@ -529,13 +540,16 @@ class DiTObjective:
     """This process's pre-encoded training clips of one bucket (data/latent_cache.py), built on
     first use."""
     d = self.config.data
-    source = pipeline.make_source(d, "train", self.config.seed, bucket.size)
+    anchor = pipeline.wants_anchor(self.config, bucket.frames)
+    source = pipeline.make_source(d, "train", self.config.seed, bucket.size, anchor)
     data = {k: v for k, v in d.to_dict().items()
             if k not in ("worker_count", "latent_cache", "buckets")}
     data.update(frames=bucket.frames, height=bucket.height, width=bucket.width)
     fingerprint = dict(data=data, seed=self.config.seed, vae_step=self.vae_step,
                        vae_workdir=os.path.abspath(self.config.vae_workdir),
                        source=getattr(source, "fingerprint", None))  # a dataset's contents
+    if anchor:  # only then, so caches built before anchors stay valid
+      fingerprint["anchor"] = True
     try:
       return latent_cache.load_or_build(workdir, source, d.latent_cache,
                                         self.vae_latents, fingerprint,
@@ -622,12 +636,13 @@ class DiTObjective:
     length = self.config.data.text_max_length
     per_frame = any(p > 0 for p in frame_conditioning.usable(self.given_frames,
                                                               latent_shape[0]).values())
-    forward = self.dit.forward_flops(latent_shape, length, self.text_width, per_frame)
+    anchor = pipeline.wants_anchor(self.config, bucket.frames)
+    forward = self.dit.forward_flops(latent_shape, length, self.text_width, per_frame, anchor)
     if self.text_encoder is None:
       forward += self.text_module.forward_flops(length)
     flops = 3 * forward
     if per_frame and self.self_context:
-      flops += self.dit.forward_flops(latent_shape, length, self.text_width, False)
+      flops += self.dit.forward_flops(latent_shape, length, self.text_width, False, anchor)
     return bucket.batch_size * flops
 
   def model_params(self, params):
@@ -648,8 +663,15 @@ class DiTObjective:
       return self.text_module.apply({"params": params["text"]}, tokens, token_mask)
     return self.text_encoder.apply(frozen["text"], tokens, token_mask)
 
-  def velocity(self, params, latents, t, context, context_mask):
-    return self.dit.apply({"params": params["dit"]}, latents, t, context, context_mask)
+  def velocity(self, params, latents, t, context, context_mask, anchor=None, anchor_mask=None):
+    return self.dit.apply({"params": params["dit"]}, latents, t, context, context_mask, anchor,
+                          anchor_mask)
+
+  def anchor_latents(self, frozen, batch) -> jax.Array:
+    """The batch's anchor frames (B, 1, h, w, C) as unit-scale latents."""
+    if "anchor_latents" in batch:  # from the latent cache
+      return self.normalize(frozen, batch["anchor_latents"])
+    return jax.lax.stop_gradient(self.encode(frozen, batch["anchor"]))
 
   def loss(self, params, frozen, batch, rng, step):
     del step
@@ -678,12 +700,20 @@ class DiTObjective:
                       else self.text_context(params, frozen, null_tokens, null_mask))
       context = jnp.where(drop[..., None], null_context, context)
       mask = jnp.where(drop, null_mask, mask)
+    anchor = anchor_mask = None
+    if self.anchor and ("anchor" in batch or "anchor_latents" in batch):
+      anchor = self.anchor_latents(frozen, batch)
+      # Its own key, so runs without anchors keep their random streams.
+      anchor_mask = jax.random.bernoulli(jax.random.fold_in(rng, 3), self.anchor, x0.shape[:1])
     loss, metrics = flow.flow_matching_loss(
-        lambda x_t, t: self.velocity(params, x_t, t, context, mask), x0, flow_rng,
+        lambda x_t, t: self.velocity(params, x_t, t, context, mask, anchor, anchor_mask), x0,
+        flow_rng,
         self.config.flow.logit_mean, self.config.flow.logit_std, given,
         self.frame_noise_correlation, self.config.flow.get("contrast_weight", 0.0),
         self.motion_weight, self.time_shift(self.config.flow.get("time_shift", 1.0), x0.shape[1:]),
         self.time_sampling, self.given_noise, self.self_context, self.self_context_time)
+    if anchor_mask is not None:
+      metrics["anchored"] = anchor_mask.mean()
     return loss, metrics
 
 
