@@ -88,8 +88,8 @@ class VideoGenerator:
       def pick(real, null):
         rest = (1,) * (real.ndim - 1)
         return jnp.where(conditional.reshape((-1,) + rest), jnp.tile(real, (repeat,) + rest), null)
-      shown = None if anchor is None else jnp.tile(anchor, (repeat,) + (1,) * (anchor.ndim - 1))
-      return self.objective.velocity(params, x, t, *map(pick, prompt, null_prompt), shown)
+      shown = () if anchor is None else (jnp.tile(anchor, (repeat,) + (1,) * (anchor.ndim - 1)),)
+      return self.objective.velocity(params, x, t, *map(pick, prompt, null_prompt), *shown)
 
     solve = samplers.get_sampler(sampler)
 
