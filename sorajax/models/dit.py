@@ -307,8 +307,10 @@ class DiT(nn.Module):
     rope_angles = None
     if "rope" in self.positions.split("+"):
       rope_angles = jnp.asarray(rope.rope_angles(grid, self.hidden // self.num_heads))
+    table = None
     if "sincos" in self.positions.split("+"):
-      h = h + jnp.asarray(sincos_3d(grid, self.hidden), self.dtype)
+      table = jnp.asarray(sincos_3d(grid, self.hidden), self.dtype)
+      h = h + table
     mark = None
     if self.anchor_frame:
       mark = self.param("anchor_embed", nn.with_logical_partitioning(
@@ -318,8 +320,8 @@ class DiT(nn.Module):
       # The anchor sits at time 0 at its own place in the frame, told apart by its embedding.
       num_anchor = grid[1] * grid[2]
       a = embed(patchify(anchor.astype(self.dtype), self.patch)) + mark.astype(self.dtype)
-      if "sincos" in self.positions.split("+"):
-        a = a + jnp.asarray(sincos_3d((1,) + grid[1:], self.hidden), self.dtype)
+      if table is not None:
+        a = a + table[:num_anchor]
       h = jnp.concatenate([a, h], axis=1)
       if rope_angles is not None:
         rope_angles = jnp.concatenate([rope_angles[:num_anchor], rope_angles])
