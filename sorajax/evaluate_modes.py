@@ -236,11 +236,13 @@ def edit(generator, chunk, prompts, seeds, settings, strength: float) -> dict:
           "videos": list(videos)}
 
 
-def true_minute_kept(generator, chunk, prompts, total: int) -> float:
+def true_minute_kept(generator, chunk, prompts, total: int, placements: int = 1) -> float:
   """Share of chunk-long windows the judge keeps on the true `total`-frame videos of the prompts
   whose motion stays in view (CYCLIC_MOTIONS: the rendered clip played on repeat, since a still or
-  bouncing path ends where it starts), coded and decoded by the run's VAE. This is where the
-  judge puts a rollout that never drifts; nan without such prompts."""
+  bouncing path ends where it starts), coded and decoded by the run's VAE, `placements` per prompt
+  (render seeds from 400, a size and place each). This is where the judge puts a rollout that
+  never drifts; nan without such prompts. It depends on the placement: the demo VAE draws some
+  large circles rounded square enough to read as squares (bench/judge_ceiling.py)."""
   staying = [p for p in prompts if in_view(p)]
   if not staying:
     return float("nan")
@@ -248,13 +250,14 @@ def true_minute_kept(generator, chunk, prompts, total: int) -> float:
   # The VAE codes 1 + factor * k frames; code the fewest that cover `total`, then cut.
   coded_frames = chunk.video_frames(-(-(total - 1) // chunk.factor) + 1, first=True)
   kept = []
-  for prompt in staying:  # one at a time: a video's frames are all held here
-    # The loop mode's first clip (render seed 400), so both references judge the same clip.
-    clip = shapes.render_prompt(prompt, chunk.frames, chunk.height, chunk.width, 400)
-    video = np.concatenate([clip[:-1]] * -(-coded_frames // window))[:coded_frames]
-    video = generator.decode(generator.encode(video[None]))[0, :total]
-    kept.extend(_window_verdict(video[start:start + window + 1], prompt) == "kept"
-                for start in range(0, total - window, window))
+  for prompt in staying:
+    for seed in range(400, 400 + placements):  # one at a time: a video's frames are all held here
+      # Seed 400 is the loop mode's first clip, so both references judge the same clip.
+      clip = shapes.render_prompt(prompt, chunk.frames, chunk.height, chunk.width, seed)
+      video = np.concatenate([clip[:-1]] * -(-coded_frames // window))[:coded_frames]
+      video = generator.decode(generator.encode(video[None]))[0, :total]
+      kept.extend(_window_verdict(video[start:start + window + 1], prompt) == "kept"
+                  for start in range(0, total - window, window))
   return float(np.mean(kept))
 
 
@@ -283,7 +286,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   training steps a rollout that drifts mostly stays drifted), so one video per prompt measures
   little; `seeds` > 1 counts over more. `refresh`: how far each chunk is redrawn
   (default: the run's sample.rollout_refresh; prompting.rollout). `reference_windows_in_view` is
-  the judge on the in-view prompts' true videos (true_minute_kept).
+  the judge on the in-view prompts' true videos (true_minute_kept), `seeds` placements each.
 
   `seen`: also roll out each in-view prompt's seen counterpart (shapes.seen_counterpart: its
   shape and motion in a color training shows them in) on the prompt's own seed, so that
@@ -351,7 +354,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                           float(np.median(inside)), 1.0)) if seams and inside else float("nan"),
                       "refresh": refresh,
                       "reference_windows_in_view": true_minute_kept(generator, chunk, prompts,
-                                                                    total)},
+                                                                    total, seeds)},
           "videos": list(np.concatenate([firsts, lasts], axis=1)),
           # Per in-view video, its windows in order (where in a minute they go, which the shares
           # hide): "1" kept, "s" misshaped, "-" lost.

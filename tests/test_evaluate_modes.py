@@ -189,6 +189,25 @@ def test_the_true_minute_keeps_every_window_through_a_faithful_coder():
   assert np.isnan(evaluate_modes.true_minute_kept(_Coder(), chunk, movers, 480))
 
 
+def test_the_true_minute_is_judged_at_several_placements(monkeypatch):
+  chunk = types.SimpleNamespace(frames=9, height=32, width=32, factor=4,
+                                video_frames=lambda latents, first: 1 + 4 * (latents - 1))
+  prompts = [p for p in shapes.held_out_prompts("black") if evaluate_modes.in_view(p)][:2]
+  render, drawn = shapes.render_prompt, []
+  monkeypatch.setattr(shapes, "render_prompt",
+                      lambda prompt, *a: drawn.append(a[-1]) or render(prompt, *a))
+  # A coder that blanks one placement of the first prompt: one video of the 2 x 3 loses all.
+  blank = render(prompts[0], 9, 32, 32, 401)[0]
+
+  class Blanks(_Coder):
+    def encode(self, videos):
+      if np.array_equal(videos[0, 0], blank):
+        videos = np.zeros_like(videos)
+      return super().encode(videos)
+  assert evaluate_modes.true_minute_kept(Blanks(), chunk, prompts, 80, placements=3) == 5 / 6
+  assert drawn == [400, 401, 402] * 2
+
+
 def test_the_modes_report_shows_the_seen_side_only_when_it_was_rolled_out(tmp_path):
   from sorajax import evaluate_report  # pylint: disable=import-outside-toplevel
   video = [np.zeros((9, 16, 16, 3), np.uint8)]

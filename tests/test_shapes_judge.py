@@ -119,6 +119,24 @@ def test_other_sizes(frames, height, width):
     assert verdict["color"] and verdict["shape"] and verdict["motion"], ex["caption"]
 
 
+def test_shape_margin_sides_with_the_reading():
+  prompt = _prompt(("yellow", "circle", "static"))
+  video = shapes.render_prompt(prompt, 9, 32, 32, seed=3)
+  [verdict] = judge.judge_video(video, prompt)
+  assert verdict["shape"] and judge.shape_margin(verdict, "circle") > 0
+  # The same blob asked about as a square: the circle template beats it, by the same gap.
+  assert judge.shape_margin(verdict, "square") < 0
+  assert -judge.shape_margin(verdict, "square") >= judge.shape_margin(verdict, "circle")
+  # Blurring the drawing (as a lossy coder does) brings the circle closer to the square.
+  soft = video.astype(np.float32)
+  for _ in range(2):
+    soft = (soft + np.roll(soft, 1, 1) + np.roll(soft, 1, 2) + np.roll(soft, (1, 1), (1, 2))) / 4
+  [blurred] = judge.judge_video(soft.round().astype(np.uint8), prompt)
+  assert judge.shape_margin(blurred, "circle") < judge.shape_margin(verdict, "circle")
+  empty = np.zeros_like(video)
+  assert np.isnan(judge.shape_margin(judge.judge_video(empty, prompt)[0], "circle"))
+
+
 def test_single_frame_motion_is_not_observable():
   prompt = _prompt(("red", "triangle", "left"), ("blue", "square", "static"))
   video = shapes.render_prompt(prompt, 1, 32, 32)

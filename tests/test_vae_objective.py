@@ -1,4 +1,5 @@
 """The VAE's training objective, its evaluation metrics and what its trainer run leaves behind."""
+import dataclasses
 import json
 import os
 
@@ -10,6 +11,7 @@ import pytest
 
 from sorajax import configuration
 from sorajax import train
+from sorajax.data import shapes
 from sorajax.data import video_io
 from sorajax.models import discriminator as disc_lib
 from sorajax.models import vae as vae_lib
@@ -180,7 +182,7 @@ def test_vae_loss_terms_against_closed_forms():
 def test_flicker_counts_errors_that_change_between_frames(monkeypatch, tmp_path):
   objective = _objective(eval_clips=2)
   clips = np.full((2, 5, 16, 16, 3), 100, np.uint8)
-  monkeypatch.setattr(objective, "_clips", lambda split, count: clips)
+  monkeypatch.setattr(objective, "_examples", lambda split, count: [{"video": c} for c in clips])
   to_unit = lambda pixels: np.asarray(objectives.pixels_to_unit(pixels.astype(np.float32)))
 
   def scores(recon_pixels):
@@ -192,6 +194,33 @@ def test_flicker_counts_errors_that_change_between_frames(monkeypatch, tmp_path)
   assert scores(clips.astype(np.float32) + 4)["eval/flicker"] == pytest.approx(0.0, abs=1e-3)
   turns = np.where(np.arange(5) % 2 == 0, 4.0, -4.0)[None, :, None, None, None]
   assert scores(clips + turns)["eval/flicker"] == pytest.approx(8.0, abs=1e-3)
+
+
+def test_the_judge_reads_shapes_in_reconstructions(monkeypatch, tmp_path):
+  objective = _objective(eval_clips=3)
+  world = shapes.ShapesWorld(frames=5, height=32, width=32, seed=2, split="heldout")
+  examples = [world[i] for i in range(3)]
+  clips = np.stack([e["video"] for e in examples])
+  monkeypatch.setattr(objective, "_examples", lambda split, count: examples)
+  to_unit = lambda pixels: np.asarray(objectives.pixels_to_unit(pixels.astype(np.float32)))
+
+  def scores(recon_pixels):
+    monkeypatch.setattr(objective, "_in_batches",
+                        lambda params, c: [to_unit(recon_pixels), None, np.zeros(3), np.zeros(3)])
+    return objective.evaluate({"vae": None}, 1, str(tmp_path))
+
+  exact = scores(clips)
+  assert exact["eval/judge_shape"] == 1.0 and exact["eval/shape_margin"] > 0
+  # The first clip redrawn with its object as another shape: one reading of 3 lost.
+  first = examples[0]["prompt"]
+  obj = first.objects[0]
+  other = next(s for s in shapes.SHAPES if s != obj.shape)
+  swapped = shapes.Prompt((dataclasses.replace(obj, shape=other),), first.background)
+  redrawn = clips.copy()
+  redrawn[0] = shapes.render_prompt(swapped, 5, 32, 32, seed=0)
+  changed = scores(redrawn)
+  assert changed["eval/judge_shape"] == pytest.approx(2 / 3)
+  assert changed["eval/shape_margin"] < exact["eval/shape_margin"]
 
 
 @pytest.mark.parametrize("field, value, message", [

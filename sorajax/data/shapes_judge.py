@@ -385,6 +385,16 @@ def judge_prompt(video: np.ndarray, prompt: shapes.Prompt) -> dict:
   }
 
 
+def shape_margin(verdict: dict, shape: str) -> float:
+  """How far a `judge_video` object verdict is from changing its shape reading: the best other
+  template's error less that of `shape` (> 0: read as `shape`; near 0: a small change to the
+  drawing flips it). NaN when the object is not there to be read."""
+  errors = verdict["details"].get("shape_errors")
+  if errors is None:
+    return math.nan
+  return min(e for name, e in errors.items() if name != shape) - errors[shape]
+
+
 def judge_summary(results: list[dict]) -> dict:
   """Pass rates over `judge_prompt` results, skipping verdicts that were not observable."""
   summary = {"count": len(results)}

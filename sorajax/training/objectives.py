@@ -199,9 +199,12 @@ class VAEObjective:
           None if self.mesh is None else mesh_lib.replicated(self.mesh)))
     return self._reconstruct
 
-  def _clips(self, split: str, count: int) -> np.ndarray:
+  def _examples(self, split: str, count: int) -> list[dict]:
     source = pipeline.make_source(self.config.data, split, self.config.seed)
-    return np.stack([source[i]["video"] for i in range(min(count, len(source)))])
+    return [source[i] for i in range(min(count, len(source)))]
+
+  def _clips(self, split: str, count: int) -> np.ndarray:
+    return np.stack([example["video"] for example in self._examples(split, count)])
 
   def _in_batches(self, vae_params, clips: np.ndarray):
     """Runs the jitted reconstruction over `clips` in train-batch-sized pieces; numpy outputs."""
@@ -212,22 +215,27 @@ class VAEObjective:
 
   def evaluate(self, params, step: int, workdir: str) -> dict[str, float]:
     """Held-out PSNR, SSIM and flicker (the mean change of the error from frame to frame, in gray
-    levels of 0-255) of the posterior mean; also writes an original | reconstruction video of the
-    first clips to workdir/reconstructions."""
+    levels of 0-255) of the posterior mean, and on the built-in world what its judge reads in
+    the reconstructions (reconstruction.judged_shapes); also writes an original | reconstruction
+    video of the first clips to workdir/reconstructions."""
     count = self.config.vae.get("eval_clips", 64)
     if count <= 0:
       return {}
-    clips = self._clips("heldout", count)
+    examples = self._examples("heldout", count)
+    clips = np.stack([example["video"] for example in examples])
     recon, _, psnr, ssim = self._in_batches(self.model_params(params), clips)
+    recon_pixels = np.asarray(unit_to_pixels(recon))
     if jax.process_index() == 0:
       out_dir = os.path.join(workdir, "reconstructions")
       os.makedirs(out_dir, exist_ok=True)
       shown = min(4, count)
-      video = reconstruction.side_by_side(clips[:shown], np.asarray(unit_to_pixels(recon[:shown])))
+      video = reconstruction.side_by_side(clips[:shown], recon_pixels[:shown])
       video_io.write_mp4(os.path.join(out_dir, f"step_{step:06d}.mp4"), video, scale=4)
     scores = {"eval/psnr": float(psnr.mean()), "eval/psnr_min": float(psnr.min())}
+    if "prompt" in examples[0]:  # the built-in world: can the judge still read the shapes?
+      scores.update(reconstruction.judged_shapes(recon_pixels, [e["prompt"] for e in examples]))
     if clips.shape[1] > 1:
-      error = np.asarray(unit_to_pixels(recon), np.float32) - clips.astype(np.float32)
+      error = recon_pixels.astype(np.float32) - clips.astype(np.float32)
       scores["eval/flicker"] = float(np.abs(np.diff(error, axis=1)).mean())
     if not np.isnan(ssim).any():
       scores["eval/ssim"] = float(ssim.mean())

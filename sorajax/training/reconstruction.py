@@ -1,4 +1,5 @@
-"""How well a VAE reconstructs: PSNR and SSIM on held-out clips, and side-by-side videos.
+"""How well a VAE reconstructs: PSNR and SSIM on held-out clips, what the built-in world's judge
+reads in them, and side-by-side videos.
 
 Both metrics read videos in [-1, 1] and score them on the [0, 1] scale images are usually scored
 on, per clip, so a report can give a mean and a worst case.
@@ -8,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sorajax.data import shapes_judge
 
 # SSIM as defined by Wang et al. (2004): an 11x11 Gaussian window of std 1.5, K1 = 0.01, K2 = 0.03,
 # computed where the window fits inside the frame ("valid"), per colour channel, then averaged.
@@ -56,6 +59,21 @@ def ssim(recon: jax.Array, target: jax.Array) -> jax.Array:
   c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
   index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
   return jnp.mean(index.reshape(b, -1), axis=-1)
+
+
+def judged_shapes(videos: np.ndarray, prompts) -> dict[str, float]:
+  """What the world's judge reads in reconstructed clips (uint8 (N, T, H, W, 3)) of `prompts`:
+  the share of objects whose shape it reads right, and their mean shape margin (how far each
+  reading is from flipping, shapes_judge.shape_margin). A DiT on this VAE draws its shapes no
+  better than the VAE decodes them, so a small margin here caps what its samples keep."""
+  read, margins = [], []
+  for video, prompt in zip(videos, prompts):
+    for obj, verdict in zip(prompt.objects, shapes_judge.judge_video(video, prompt)):
+      read.append(verdict["shape"])
+      margins.append(shapes_judge.shape_margin(verdict, obj.shape))
+  margins = [m for m in margins if not np.isnan(m)]
+  return {"eval/judge_shape": float(np.mean(read)),
+          "eval/shape_margin": float(np.mean(margins)) if margins else float("nan")}
 
 
 def side_by_side(originals: np.ndarray, recons: np.ndarray, pad: int = 2) -> np.ndarray:

@@ -1,0 +1,96 @@
+r"""What the world's judge reads in true clips after a VAE codes them: the ceiling a generator on
+that VAE is judged against.
+
+  python bench/judge_ceiling.py --workdir runs/demo/vae [--placements 200] [--all]
+
+Renders --placements clips (9 frames, 32x32; a render seed each, so a size and place each) of every
+held-out prompt whose object stays in view (standing still or bouncing: the ones a minute-long
+rollout is judged on; --all: every held-out prompt), codes and decodes them with the VAE at
+--workdir (a VAE run, or a DiT run: the VAE it trained on), and judges each clip as one rollout
+window is judged. Per prompt: the share of clips whose shape is read right, raw and coded, and the
+shape margin (shapes_judge.shape_margin: how far the reading is from flipping), mean and lowest.
+A generator reproduces its VAE's drawings at best, so a coded clip read as another shape is a
+window no rollout on that VAE keeps at that size and place.
+Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sorajax import evaluate_modes
+from sorajax.configuration import load_saved_config
+from sorajax.data import shapes, shapes_judge
+from sorajax.parallel import mesh as mesh_lib
+from sorajax.training import objectives
+
+BATCH = 50
+
+
+def load_coder(workdir: str):
+  """(code, vae_workdir, step): `code` maps uint8 clips (N, T, H, W, 3) to their VAE round trip."""
+  config = load_saved_config(workdir)
+  vae_workdir, step = workdir, None
+  if config.objective == "dit":  # the VAE and step the DiT trained on
+    vae_workdir, step = config.vae_workdir, config.get("vae_step") or None
+  mesh = mesh_lib.make_mesh({"data": -1})
+  _, objective, params, step = objectives.restore_run(vae_workdir, mesh, step=step)
+  model = objective.model
+
+  @jax.jit
+  def round_trip(video_uint8):
+    video = objectives.pixels_to_unit(video_uint8)
+    mean, _ = model.apply({"params": params}, video, method=model.encode)
+    return objectives.unit_to_pixels(model.apply({"params": params}, mean, method=model.decode))
+
+  def code(clips):
+    return np.concatenate([np.asarray(round_trip(jnp.asarray(clips[i:i + BATCH])))
+                           for i in range(0, len(clips), BATCH)])
+  return code, vae_workdir, step
+
+
+def read(clip: np.ndarray, prompt: shapes.Prompt) -> tuple[bool, float]:
+  [verdict] = shapes_judge.judge_video(clip, prompt)
+  return bool(verdict["shape"]), shapes_judge.shape_margin(verdict, prompt.objects[0].shape)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--workdir", required=True, help="a VAE run, or a DiT run (its VAE)")
+  parser.add_argument("--placements", type=int, default=200, help="render seeds per prompt")
+  parser.add_argument("--frames", type=int, default=9)
+  parser.add_argument("--size", type=int, default=32)
+  parser.add_argument("--all", action="store_true", help="every held-out prompt, not only in-view")
+  args = parser.parse_args()
+  if args.placements < 1:
+    parser.error(f"--placements={args.placements} must be 1 or more")
+  code, vae_workdir, step = load_coder(args.workdir)
+  prompts = [p for p in shapes.held_out_prompts("black") if args.all or evaluate_modes.in_view(p)]
+  start = time.perf_counter()
+  rows, kept = {}, []
+  for prompt in prompts:
+    clips = np.stack([shapes.render_prompt(prompt, args.frames, args.size, args.size, seed)
+                      for seed in range(args.placements)])
+    raw = [read(clip, prompt) for clip in clips]
+    coded = [read(clip, prompt) for clip in code(clips)]
+    margins = np.array([m for _, m in coded])
+    kept.extend(ok for ok, _ in coded)
+    rows[prompt.caption] = {
+        "raw_shape": float(np.mean([ok for ok, _ in raw])),
+        "coded_shape": float(np.mean([ok for ok, _ in coded])),
+        "raw_margin": float(np.nanmean([m for _, m in raw])),
+        "coded_margin": float(np.nanmean(margins)),
+        "coded_margin_min": float(np.nanmin(margins)),
+        "misread_seeds": [seed for seed, (ok, _) in enumerate(coded) if not ok][:10]}
+  print(json.dumps({"vae_workdir": vae_workdir, "vae_step": step, "placements": args.placements,
+                    "seconds": round(time.perf_counter() - start),
+                    "coded_shape": float(np.mean(kept)), "prompts": rows}))
+
+
+if __name__ == "__main__":
+  main()
