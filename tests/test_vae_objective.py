@@ -235,10 +235,12 @@ def test_bad_vae_settings_are_config_errors(field, value, message):
 
 
 def test_architecture_fields_override_the_variant():
-  objective = _objective(channels=(8, 8, 16), mid_attention=True)
+  objective = _objective(channels=(8, 8, 16), mid_attention=True, refine_features=2,
+                         refine_width=5)
   assert objective.model.channels == (8, 8, 16) and objective.model.mid_attention
-  params = objective.init_params(KEY)
+  params = nn.meta.unbox(objective.init_params(KEY))
   assert "mid_attention" in params["vae"]["decoder"]
+  assert params["vae"]["decoder"]["refine_in"]["kernel"].shape[-2:] == (5, 5)  # 3 + 2 in, 5 out
 
 
 # --- the trainer's VAE run ------------------------------------------------------------------------

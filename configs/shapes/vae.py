@@ -44,6 +44,7 @@ def get_config(arg=None):
   # A small full-resolution stage at the end of the decoder (vae.Decoder): +2.8 dB held out at 2400
   # steps, where an L2-trained decoder otherwise blurs edges (bench/RESULTS.md).
   config.vae.refine_features = 13
+  config.vae.refine_width = 16  # channels of the full-resolution stage's hidden layer
   config.vae.recon_loss = "l2"  # l1 | l2 (L1 stalled near 18 dB on the demo; L2 reached 23 dB)
   config.vae.kl_weight = 1e-6
   # > 0: the error's change from frame to frame, in the reconstruction term's norm. At 3 a still

@@ -76,7 +76,7 @@ def _checked(check, *args) -> None:
 
 # Architecture fields a config may set on top of its named VAE variant (absent: the variant's).
 VAE_ARCHITECTURE_FIELDS = ("channels", "num_res_blocks", "factorized", "mid_attention",
-                           "refine_features")
+                           "refine_features", "refine_width")
 
 
 def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVideoVAE:
