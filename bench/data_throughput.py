@@ -21,7 +21,7 @@ import jax
 from sorajax import configuration, precompute, prepare
 from sorajax.data import latent_records, pipeline, shapes, video_io
 from sorajax.parallel import mesh as mesh_lib
-from sorajax.training import objectives
+from sorajax.training import dit_objective
 
 import train_step_speed  # bench/, beside this file
 
@@ -71,7 +71,7 @@ def main():
     batch = config.train.batch_size
     mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "context": 1},
                               devices=jax.local_devices()[:1])
-    tokenizer = objectives.DiTObjective(config, mesh).tokenizer
+    tokenizer = dit_objective.DiTObjective(config, mesh).tokenizer
     rates = {}
     for store in ("file", "raw"):
       out = os.path.join(tmp, store)

@@ -19,8 +19,6 @@ import argparse
 import json
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sorajax import evaluate_modes
@@ -28,8 +26,7 @@ from sorajax.configuration import load_saved_config
 from sorajax.data import shapes, shapes_judge
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
-
-BATCH = 50
+from sorajax.training import vae_objective
 
 
 def load_coder(workdir: str):
@@ -40,17 +37,9 @@ def load_coder(workdir: str):
     vae_workdir, step = config.vae_workdir, config.get("vae_step") or None
   mesh = mesh_lib.make_mesh({"data": -1})
   _, objective, params, step = objectives.restore_run(vae_workdir, mesh, step=step)
-  model = objective.model
-
-  @jax.jit
-  def round_trip(video_uint8):
-    video = objectives.pixels_to_unit(video_uint8)
-    mean, _ = model.apply({"params": params}, video, method=model.encode)
-    return objectives.unit_to_pixels(model.apply({"params": params}, mean, method=model.decode))
 
   def code(clips):
-    return np.concatenate([np.asarray(round_trip(jnp.asarray(clips[i:i + BATCH])))
-                           for i in range(0, len(clips), BATCH)])
+    return np.asarray(vae_objective.unit_to_pixels(objective.reconstruct(params, clips)[0]))
   return code, vae_workdir, step
 
 

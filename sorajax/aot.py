@@ -33,6 +33,8 @@ from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 from sorajax.training import state as state_lib
 from sorajax.training import step as step_lib
+from sorajax.training import vae_objective
+
 
 def topology_devices(name: str) -> list:
   """The devices of `name`: this process's CPU devices, or an abstract TPU slice."""
@@ -64,7 +66,7 @@ def load_vae_config(spec: str) -> ml_collections.ConfigDict:
 def abstract_vae(vae_config, mesh):
   """(VAE config, abstract VAE params replicated on `mesh`, step 0): the DiT's frozen VAE as
   shapes, replicated as the trainer places it."""
-  vae = objectives.VAEObjective(vae_config, mesh)
+  vae = vae_objective.VAEObjective(vae_config, mesh)
   params = jax.eval_shape(lambda: vae.model_params(vae.init_params(jax.random.key(0))))
   params = mesh_lib.strip_boxes(params)
   replicated = mesh_lib.replicated(mesh)
@@ -92,7 +94,7 @@ def abstract_text(config, mesh):
 
 def _cached_prompts(objective, config) -> bool:
   """Whether training batches carry cached text embeddings instead of tokens (a frozen encoder
-  with a latent cache or precomputed latents; objectives.DiTObjective.prepare)."""
+  with a latent cache or precomputed latents; dit_objective.DiTObjective.prepare)."""
   return (getattr(objective, "text_encoder", None) is not None
           and (config.data.get("latent_records", "") or config.data.get("latent_cache", 0) > 0))
 

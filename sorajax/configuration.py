@@ -24,6 +24,15 @@ class ConfigError(ValueError):
   """A problem with the user's config, flags or inputs: reported as one line, without a traceback."""
 
 
+def checked(check, *args) -> None:
+  """Runs a check of config values and reports its ValueError as a ConfigError (one line, no
+  traceback)."""
+  try:
+    check(*args)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
 def parse_arg(arg: str | None, **defaults):
   """Parses 'a=1,b=x' over typed defaults: values take the type of their default."""
   values = dict(defaults)

@@ -28,7 +28,9 @@ from sorajax.configuration import ConfigError
 from sorajax.diffusion import flow, samplers
 from sorajax.models import vae_chunked
 from sorajax.parallel import mesh as mesh_lib
+from sorajax.training import dit_objective
 from sorajax.training import objectives
+from sorajax.training import vae_objective
 
 
 DECODE_CHUNK = 8  # latent frames per decoded piece (32 video frames at 4x temporal compression)
@@ -63,7 +65,7 @@ class VideoGenerator:
     if self.objective.text_encoder is not None:
       # Prompts embedded once per run folder: later calls and later jobs look them up. Only the
       # first process writes, and only where it may (a read-only run folder still samples).
-      directory = os.path.join(workdir, objectives.PROMPTS_DIR)
+      directory = os.path.join(workdir, dit_objective.PROMPTS_DIR)
       self.prompts = self.objective.prompt_table  # the run's stored embeddings
       writable = os.access(workdir, os.W_OK) and (not os.path.exists(directory)
                                                   or os.access(directory, os.W_OK))
@@ -118,14 +120,14 @@ class VideoGenerator:
 
   def encode(self, videos: np.ndarray) -> jax.Array:
     """uint8 videos (N, 1+f*k, H, W, 3) -> the DiT's unit-scale latents, coded in pieces."""
-    mean, _ = self.coder.encode(objectives.pixels_to_unit(jnp.asarray(videos)))
+    mean, _ = self.coder.encode(vae_objective.pixels_to_unit(jnp.asarray(videos)))
     return self.objective.normalize(self.frozen, mean)
 
   def decode_pieces(self, latents: jax.Array):
     """Yields uint8 video pieces of unit-scale latents (N, T, h, w, C), frame 0 first."""
     vae_latents = self.objective.denormalize(self.frozen, latents)
     for piece in self.coder.decode_pieces(vae_latents):
-      yield np.asarray(objectives.unit_to_pixels(piece))
+      yield np.asarray(vae_objective.unit_to_pixels(piece))
 
   def decode(self, latents: jax.Array) -> np.ndarray:
     return np.concatenate(list(self.decode_pieces(latents)), axis=1)

@@ -29,7 +29,7 @@ from sorajax import configuration
 from sorajax.configuration import ConfigError
 from sorajax.data import latent_cache, latent_records, pipeline, records
 from sorajax.parallel import mesh as mesh_lib
-from sorajax.training import objectives
+from sorajax.training import dit_objective
 
 
 def _fingerprint(config, bucket, source, indices: range, vae_workdir: str, vae_step: int) -> str:
@@ -56,11 +56,11 @@ def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int
                      f"{process_count})")
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "context": 1},
                             devices=jax.local_devices()[:1])
-  objective = objectives.DiTObjective(config, mesh)
+  objective = dit_objective.DiTObjective(config, mesh)
   vae_workdir = os.path.realpath(config.vae_workdir)
   os.makedirs(out, exist_ok=True)
   # A frozen text encoder's caption embeddings, one table per shard (data/prompt_embeddings.py).
-  prompts_dir = (os.path.join(out, objectives.PROMPTS_DIR) if objective.text_encoder is not None
+  prompts_dir = (os.path.join(out, dit_objective.PROMPTS_DIR) if objective.text_encoder is not None
                  else None)
   buckets, shards = {}, []  # shards: (base, fingerprint) of every shard of every bucket
   for bucket in objective.buckets:
@@ -80,8 +80,8 @@ def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int
         latent_records.write_shard(base, encoded.captions, encoded.latents, fingerprint)
         captions = encoded.captions
       # A rewritten shard may hold other captions: its table is rewritten with it.
-      table_path = prompts_dir and objectives.prompt_table_path(prompts_dir, objective.text_encoder,
-                                                                base)
+      table_path = prompts_dir and dit_objective.prompt_table_path(
+          prompts_dir, objective.text_encoder, base)
       if prompts_dir and (captions is not None or not os.path.isfile(table_path)):
         table = objective.prompt_embeddings()
         table.add(latent_records.shard_captions(base) if captions is None else captions,
@@ -92,7 +92,7 @@ def precompute(config, out: str, clips_per_shard: int = 1024, process_index: int
   # Only now, after this process's own shards: the others' may have finished meanwhile.
   if not all(records.finished_shard(base, fingerprint) for base, fingerprint in shards):
     return None
-  if prompts_dir and not all(os.path.isfile(objectives.prompt_table_path(
+  if prompts_dir and not all(os.path.isfile(dit_objective.prompt_table_path(
       prompts_dir, objective.text_encoder, base)) for base, _ in shards):
     return None
   info = {"format": latent_records.FORMAT, "version": latent_records.VERSION,

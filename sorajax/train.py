@@ -27,6 +27,7 @@ from sorajax.data import pipeline
 from sorajax.parallel import distributed
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import checkpoint as checkpoint_lib
+from sorajax.training import dit_objective
 from sorajax.training import metrics as metrics_lib
 from sorajax.training import objectives
 from sorajax.training import state as state_lib
@@ -45,7 +46,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   if config.objective == "dit":  # saved settled, so samplers load the VAE step it trained on
     config = copy.deepcopy(config)
     with config.unlocked():
-      config.vae_step = objectives.vae_step_to_train_on(config, workdir)
+      config.vae_step = dit_objective.vae_step_to_train_on(config, workdir)
   if jax.process_index() == 0:
     configuration.save_config(config, workdir)
   logging.info("devices: %s", jax.devices())

@@ -245,7 +245,7 @@ def test_precomputed_latents_equal_the_vae_and_train_the_dit(folder, tmp_path, v
   from sorajax import precompute, train  # pylint: disable=import-outside-toplevel
   from sorajax.data import latent_records, pipeline  # pylint: disable=import-outside-toplevel
   from sorajax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from sorajax.training import objectives  # pylint: disable=import-outside-toplevel
+  from sorajax.training import dit_objective  # pylint: disable=import-outside-toplevel
   from tiny import DIT_CONFIG, tiny_config  # pylint: disable=import-outside-toplevel
   _prepare(folder, tmp_path / "data")
   config = tiny_config(DIT_CONFIG, steps=2)
@@ -260,7 +260,7 @@ def test_precomputed_latents_equal_the_vae_and_train_the_dit(folder, tmp_path, v
   assert info["buckets"] == {"5x16x16": {"clips": 7, "shards": 4, "latent_shape": [2, 2, 2, 16]}}
   stored = latent_records.LatentRecords(out, "5x16x16")
   clips = pipeline.make_source(config.data, "train", config.seed, (5, 16, 16))
-  objective = objectives.DiTObjective(config, mesh_lib.make_mesh(
+  objective = dit_objective.DiTObjective(config, mesh_lib.make_mesh(
       {"data": 1, "fsdp": 1, "tensor": 1, "context": 1}, devices=jax.local_devices()[:1]))
   direct = objective.vae_latents(np.stack([clips[i]["video"] for i in range(7)]))
   np.testing.assert_allclose(np.stack([stored[i]["latents"] for i in range(7)]), direct,
@@ -277,8 +277,8 @@ def test_precomputed_latents_equal_the_vae_and_train_the_dit(folder, tmp_path, v
   assert precompute.precompute(config, out, clips_per_shard=2, process_index=1,
                                process_count=2) is not None
   assert [os.path.getmtime(path) for path in shards] == written
-  minilm = objectives.DiTObjective(config, objective.mesh)
-  table = minilm.prompt_embeddings(os.path.join(out, objectives.PROMPTS_DIR))
+  minilm = dit_objective.DiTObjective(config, objective.mesh)
+  table = minilm.prompt_embeddings(os.path.join(out, dit_objective.PROMPTS_DIR))
   ids, mask = minilm.tokenizer.encode_batch(captions)
   np.testing.assert_allclose(table.lookup(captions)[0], minilm.encode_prompts(ids, mask),
                              atol=1e-5)

@@ -100,12 +100,12 @@ def minilm_dit(tmp_path_factory, vae_workdir):
 
 def test_dit_on_minilm_loss_is_the_same_from_cached_embeddings(vae_workdir):
   from sorajax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from sorajax.training import objectives  # pylint: disable=import-outside-toplevel
+  from sorajax.training import dit_objective  # pylint: disable=import-outside-toplevel
   from tiny import DIT_CONFIG, tiny_config  # pylint: disable=import-outside-toplevel
   config = tiny_config(DIT_CONFIG, **{"text.encoder": "minilm", "flow.caption_dropout": 0.5,
                                       "data.text_max_length": 32})
   config.vae_workdir = vae_workdir
-  objective = objectives.DiTObjective(config, mesh_lib.make_mesh({"data": -1}))
+  objective = dit_objective.DiTObjective(config, mesh_lib.make_mesh({"data": -1}))
   params = mesh_lib.strip_boxes(objective.init_params(jax.random.key(0)))
   assert "text" not in params  # frozen: only the DiT trains
   cross_kv = params["dit"]["blocks"]["cross_attn"]["kv"]["kernel"]

@@ -11,9 +11,11 @@ from sorajax import configuration
 from sorajax.data import pipeline
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import checkpoint as checkpoint_lib
+from sorajax.training import dit_objective
 from sorajax.training import objectives
 from sorajax.training import state as state_lib
 from sorajax.training import step as step_lib
+from sorajax.training import vae_objective
 from tiny import DIT_CONFIG, VAE_CONFIG, tiny_config
 
 def one_step(config, objective, mesh):
@@ -118,22 +120,31 @@ def test_a_dit_run_keeps_the_vae_step_it_trained_on(dit_workdir, vae_workdir, tm
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "context": 1},
                             devices=jax.local_devices()[:1])
   config = configuration.load_saved_config(dit)
-  assert objectives.DiTObjective(config, mesh).vae_step == step
+  assert dit_objective.DiTObjective(config, mesh).vae_step == step
   # Resuming with the training command (vae_step 0) stays on it; another step is refused.
   config.vae_step = 0
-  assert objectives.vae_step_to_train_on(config, dit) == step
+  assert dit_objective.vae_step_to_train_on(config, dit) == step
   fresh = str(tmp_path / "fresh")
-  assert objectives.vae_step_to_train_on(config, fresh) == step + 50
+  assert dit_objective.vae_step_to_train_on(config, fresh) == step + 50
   config.vae_step = step + 50
   with pytest.raises(configuration.ConfigError, match=f"resume with --config.vae_step={step} "):
-    objectives.vae_step_to_train_on(config, dit)
+    dit_objective.vae_step_to_train_on(config, dit)
   config.vae_workdir = vae_workdir
   with pytest.raises(configuration.ConfigError, match=f"resume with --config.vae_workdir={vae}$"):
-    objectives.vae_step_to_train_on(config, dit)
+    dit_objective.vae_step_to_train_on(config, dit)
   shutil.rmtree(os.path.join(checkpoints, str(step)))
   with pytest.raises(configuration.ConfigError,
                      match=f"holds no step {step} .vae_step., only {step + 50}; .* keep that"):
-    objectives.DiTObjective(configuration.load_saved_config(dit), mesh)
+    dit_objective.DiTObjective(configuration.load_saved_config(dit), mesh)
+
+
+def test_a_dit_pointed_at_another_dit_run_names_the_fix(dit_workdir):
+  config = configuration.load_saved_config(dit_workdir)
+  config.vae_workdir, config.vae_step = dit_workdir, 0
+  mesh = mesh_lib.make_mesh({"data": 1}, devices=jax.local_devices()[:1])
+  with pytest.raises(configuration.ConfigError,
+                     match="holds a dit run; point --config.vae_workdir at a VAE run's workdir$"):
+    objectives.build_objective(config, mesh)
 
 
 def test_a_read_only_run_without_latent_stats_samples_as_trained(dit_workdir, tmp_path,
@@ -143,7 +154,7 @@ def test_a_read_only_run_without_latent_stats_samples_as_trained(dit_workdir, tm
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
   run = os.path.realpath(tmp_path / "dit")
   shutil.copytree(dit_workdir, run)
-  stats = os.path.join(run, objectives.LATENT_STATS_FILE)
+  stats = os.path.join(run, vae_objective.LATENT_STATS_FILE)
   os.remove(stats)
   inside = lambda path: os.path.commonpath([os.path.realpath(path), run]) == run
   can_access = os.access
@@ -158,8 +169,8 @@ def test_a_read_only_run_without_latent_stats_samples_as_trained(dit_workdir, tm
 def test_a_generator_restores_the_vae_once(dit_workdir, vae_workdir, monkeypatch):
   # Frozen weights (the VAE, a pretrained text encoder) load with the DiT's objective, built once.
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
-  restored, restore = [], objectives.restore_inference_params
-  monkeypatch.setattr(objectives, "restore_inference_params",
+  restored, restore = [], dit_objective.restore_vae
+  monkeypatch.setattr(dit_objective, "restore_vae",
                       lambda workdir, *args, **kwargs: (restored.append(workdir),
                                                         restore(workdir, *args, **kwargs))[1])
   VideoGenerator(dit_workdir)

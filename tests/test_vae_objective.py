@@ -17,6 +17,7 @@ from sorajax.models import discriminator as disc_lib
 from sorajax.models import vae as vae_lib
 from sorajax.training import objectives
 from sorajax.training import reconstruction
+from sorajax.training import vae_objective
 from tiny import VAE_CONFIG, perturbed_tiny_vae, tiny_config
 
 KEY = jax.random.key(0)
@@ -108,7 +109,7 @@ def test_patch_discriminator_scores_patches_of_any_clip_size():
 
 def _objective(**vae_fields):
   overrides = {f"vae.{name}": value for name, value in vae_fields.items()}
-  return objectives.VAEObjective(tiny_config(VAE_CONFIG, **overrides))
+  return vae_objective.VAEObjective(tiny_config(VAE_CONFIG, **overrides))
 
 
 def _perturbed(objective, scale=0.05):
@@ -136,9 +137,8 @@ def test_adversarial_terms_train_each_part_on_its_own_objective():
 
   after = grad(objective, params, 10)
   judge = lambda p, v: objective.discriminator.apply({"params": p}, v)
-  recon = objective.model.apply({"params": params["vae"]}, objectives.pixels_to_unit(batch["video"]),
-                                sample_rng=KEY)["recon"]
-  video = objectives.pixels_to_unit(batch["video"])
+  video = vae_objective.pixels_to_unit(batch["video"])
+  recon = objective.model.apply({"params": params["vae"]}, video, sample_rng=KEY)["recon"]
   # The judge's gradient is exactly that of its hinge loss on real clips and fixed reconstructions.
   expected = jax.grad(lambda p: disc_lib.hinge_discriminator_loss(judge(p, video), judge(p, recon)))(
       params["discriminator"])
@@ -183,10 +183,10 @@ def test_flicker_counts_errors_that_change_between_frames(monkeypatch, tmp_path)
   objective = _objective(eval_clips=2)
   clips = np.full((2, 5, 16, 16, 3), 100, np.uint8)
   monkeypatch.setattr(objective, "_examples", lambda split, count: [{"video": c} for c in clips])
-  to_unit = lambda pixels: np.asarray(objectives.pixels_to_unit(pixels.astype(np.float32)))
+  to_unit = lambda pixels: np.asarray(vae_objective.pixels_to_unit(pixels.astype(np.float32)))
 
   def scores(recon_pixels):
-    monkeypatch.setattr(objective, "_in_batches",
+    monkeypatch.setattr(objective, "reconstruct",
                         lambda params, c: [to_unit(recon_pixels), None, np.zeros(2), np.zeros(2)])
     return objective.evaluate({"vae": None}, 1, str(tmp_path))
 
@@ -202,10 +202,10 @@ def test_the_judge_reads_shapes_in_reconstructions(monkeypatch, tmp_path):
   examples = [world[i] for i in range(3)]
   clips = np.stack([e["video"] for e in examples])
   monkeypatch.setattr(objective, "_examples", lambda split, count: examples)
-  to_unit = lambda pixels: np.asarray(objectives.pixels_to_unit(pixels.astype(np.float32)))
+  to_unit = lambda pixels: np.asarray(vae_objective.pixels_to_unit(pixels.astype(np.float32)))
 
   def scores(recon_pixels):
-    monkeypatch.setattr(objective, "_in_batches",
+    monkeypatch.setattr(objective, "reconstruct",
                         lambda params, c: [to_unit(recon_pixels), None, np.zeros(3), np.zeros(3)])
     return objective.evaluate({"vae": None}, 1, str(tmp_path))
 
@@ -247,7 +247,7 @@ def test_architecture_fields_override_the_variant():
 
 
 def test_vae_run_evaluates_and_stores_latent_statistics(vae_workdir):
-  with open(os.path.join(vae_workdir, objectives.LATENT_STATS_FILE)) as f:
+  with open(os.path.join(vae_workdir, vae_objective.LATENT_STATS_FILE)) as f:
     stats = json.load(f)
   config = configuration.load_saved_config(vae_workdir)
   assert stats["step"] == config.train.num_steps
@@ -264,7 +264,7 @@ def test_dit_normalises_with_the_statistics_stored_by_the_vae(vae_workdir, tmp_p
   config = tiny_config(DIT_CONFIG)
   config.vae_workdir = vae_workdir
   objective = objectives.build_objective(config, mesh_lib.make_mesh({"data": 1}, jax.devices()[:1]))
-  with open(os.path.join(vae_workdir, objectives.LATENT_STATS_FILE)) as f:
+  with open(os.path.join(vae_workdir, vae_objective.LATENT_STATS_FILE)) as f:
     stored = json.load(f)
   objective.prepare(str(tmp_path))
   np.testing.assert_allclose(objective.frozen["latent_mean"], stored["mean"], rtol=1e-6)

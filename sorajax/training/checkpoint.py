@@ -13,6 +13,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from sorajax.configuration import ConfigError
+from sorajax.parallel import mesh as mesh_lib
+from sorajax.training import state as state_lib
 from sorajax.training.metrics import is_time
 
 # Orbax has the replicas of a replicated array each write a slice of it. Every slice is an eager
@@ -197,3 +199,20 @@ def require_checkpoint(workdir: str, step: int | None = None) -> int:
   if step is not None and step not in steps:
     raise ConfigError(f"{directory!r} holds no step {step}, only {describe_steps(steps)}")
   return steps[-1] if step is None else step
+
+
+def restore_model_params(workdir: str, config, objective, mesh, rules=None,
+                         step: int | None = None):
+  """(the weights `objective` samples with, their step) from the run at `workdir`, saved with
+  `config`, at `step` (default: the latest), sharded on `mesh` by `rules` (default: the run's)."""
+  step = require_checkpoint(workdir, step)
+  rules = rules if rules is not None else mesh_lib.logical_rules(config.logical_rules)
+  optimizer = state_lib.make_optimizer(config.train)
+  target, _ = state_lib.abstract_state(objective.init_params, optimizer, config.train.ema_decay,
+                                       mesh, rules)
+  checkpointer = Checkpointer(workdir, every=1, keep=None)
+  try:
+    state = checkpointer.restore(step, target)
+  finally:
+    checkpointer.close()
+  return objective.model_params(state.inference_params), step

@@ -1,0 +1,217 @@
+"""The VAE objective (`config.objective="vae"`): the causal video autoencoder trained on
+reconstruction, with the pixel scaling and the model builder the DiT objective shares.
+objectives.py lists the interface every objective exposes."""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sorajax.configuration import ConfigError, checked, write_json_atomic
+from sorajax.data import pipeline
+from sorajax.data import video_io
+from sorajax.models import discriminator as disc_lib
+from sorajax.models import factors
+from sorajax.models import vae as vae_lib
+from sorajax.parallel import mesh as mesh_lib
+from sorajax.training import checkpoint as checkpoint_lib
+from sorajax.training import reconstruction
+
+LATENT_STATS_FILE = "latent_stats.json"  # per-channel latent statistics, in a VAE workdir
+
+
+def pixels_to_unit(video: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1]."""
+  return video.astype(jnp.float32) / 127.5 - 1.0
+
+
+def unit_to_pixels(video: jax.Array) -> jax.Array:
+  return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+# Architecture fields a config may set on top of its named VAE variant (absent: the variant's).
+VAE_ARCHITECTURE_FIELDS = ("channels", "num_res_blocks", "factorized", "mid_attention",
+                           "refine_features", "refine_width")
+
+
+def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVideoVAE:
+  v = config.vae
+  overrides = {name: v[name] for name in VAE_ARCHITECTURE_FIELDS if name in v}
+  if "channels" in overrides:
+    overrides["channels"] = tuple(overrides["channels"])
+  try:
+    return vae_lib.get_vae(v.variant, temporal_factor=v.temporal_factor,
+                           spatial_factor=v.spatial_factor, latent_channels=v.latent_channels,
+                           dtype=jnp.dtype(config.compute_dtype), **overrides)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
+class VAEObjective:
+  """Reconstruction (L1 or L2) + a small KL pull toward the unit Gaussian + an optional hinge GAN,
+  + an optional temporal term (vae.temporal_weight): the same norm of the error's change from
+  frame to frame, so a still scene decodes still rather than flickering with the decoder's
+  per-frame upsampling.
+
+  Parameters are {"vae": ...}, plus {"discriminator": ...} when vae.adversarial_weight > 0. Both
+  train in one step from one summed loss: the generator term sees the discriminator through
+  stop_gradient and the discriminator term sees the reconstruction through stop_gradient, so each
+  part's gradient is exactly that of its own objective. The adversarial terms switch on at step
+  vae.adversarial_start, once reconstructions are good enough for the judge to learn from.
+  """
+
+  tokenizer = None
+  frozen = {}
+  train_sources = None  # the pipeline renders its own
+  prompt_table = None
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    self.mesh = mesh
+    self.config = config
+    v = config.vae
+    self.model = build_vae(config)
+    d = config.data
+    checked(factors.check_video_shape, d.frames, d.height, d.width, v.temporal_factor,
+            v.spatial_factor)
+    if v.recon_loss not in ("l1", "l2"):
+      raise ConfigError(f"vae.recon_loss={v.recon_loss!r} is unknown; valid: l1, l2")
+    # Runs saved before the adversarial term have no such fields: no discriminator.
+    self.adversarial_weight = float(v.get("adversarial_weight", 0.0))
+    self.adversarial_start = int(v.get("adversarial_start", 0))
+    self.temporal_weight = float(v.get("temporal_weight", 0.0))  # 0 in runs saved before it
+    if self.temporal_weight < 0:
+      raise ConfigError(f"vae.temporal_weight={self.temporal_weight} must be >= 0 (0 turns the "
+                        "temporal term off)")
+    if self.adversarial_weight < 0 or self.adversarial_start < 0:
+      raise ConfigError(f"vae.adversarial_weight={self.adversarial_weight} and "
+                        f"vae.adversarial_start={self.adversarial_start} must be >= 0 "
+                        "(weight 0 turns the discriminator off)")
+    self.discriminator = None
+    if self.adversarial_weight > 0:
+      self.discriminator = disc_lib.PatchDiscriminator3D(
+          tuple(v.get("discriminator_channels", (32, 64, 128))),
+          dtype=jnp.dtype(config.compute_dtype))
+
+  def prepare(self, workdir: str, training: bool = True) -> None:
+    del workdir, training
+
+  def init_params(self, rng):
+    d = self.config.data
+    vae_rng, disc_rng = jax.random.split(rng)
+    video = jnp.zeros((1, d.frames, d.height, d.width, 3))
+    params = {"vae": self.model.init(vae_rng, video)["params"]}
+    if self.discriminator is not None:
+      params["discriminator"] = self.discriminator.init(disc_rng, video)["params"]
+    return params
+
+  def train_flops(self, bucket) -> int:
+    del bucket
+    return 0  # convolutions are not counted
+
+  def model_params(self, params):
+    """The VAE's own weights (what encoding and decoding need) out of the trained parameters."""
+    return params["vae"]
+
+  def loss(self, params, frozen, batch, rng, step):
+    del frozen
+    video = pixels_to_unit(batch["video"])
+    out = self.model.apply({"params": params["vae"]}, video, sample_rng=rng)
+    recon_video = out["recon"].astype(jnp.float32)
+    error = recon_video - video
+    norm = jnp.abs if self.config.vae.recon_loss == "l1" else jnp.square
+    recon = norm(error).mean()
+    kl = vae_lib.kl_divergence(out["mean"], out["logvar"]).mean()
+    mse = jnp.square(error).mean()
+    psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))  # peak-to-peak range of [-1, 1] is 2
+    # An error the frames share is a still image's error; one that changes between them is flicker.
+    temporal = norm(jnp.diff(error, axis=1)).mean() if video.shape[1] > 1 else jnp.zeros(())
+    total = recon + self.config.vae.kl_weight * kl + self.temporal_weight * temporal
+    metrics = {"recon": recon, "kl": kl, "psnr": psnr, "temporal": temporal}
+    if self.discriminator is not None:
+      judge = lambda p, v: self.discriminator.apply({"params": p}, v)
+      disc = params["discriminator"]
+      generator = disc_lib.hinge_generator_loss(judge(jax.lax.stop_gradient(disc), recon_video))
+      discriminator = disc_lib.hinge_discriminator_loss(
+          judge(disc, video), judge(disc, jax.lax.stop_gradient(recon_video)))
+      on = jnp.asarray(step >= self.adversarial_start, jnp.float32)
+      total = total + on * (self.adversarial_weight * generator + discriminator)
+      metrics.update(generator=generator, discriminator=discriminator)
+    return total, metrics
+
+  # -- evaluation and the statistics the DiT needs, from the trainer's hooks.
+  def _reconstructor(self):
+    if not hasattr(self, "_reconstruct"):
+      def reconstruct(vae_params, video_uint8):
+        video = pixels_to_unit(video_uint8)
+        mean, _ = self.model.apply({"params": vae_params}, video, method=self.model.encode)
+        recon = self.model.apply({"params": vae_params}, mean, method=self.model.decode)
+        scores = reconstruction.psnr(recon, video)
+        # Frames too small for the SSIM window get NaN, which `evaluate` leaves out.
+        ssim = (reconstruction.ssim(recon, video) if reconstruction.fits_ssim(*video.shape[2:4])
+                else jnp.full_like(scores, jnp.nan))
+        return recon, mean, scores, ssim
+      # Replicated outputs: every process of a multi-host job can read them whole.
+      self._reconstruct = jax.jit(reconstruct, out_shardings=(
+          None if self.mesh is None else mesh_lib.replicated(self.mesh)))
+    return self._reconstruct
+
+  def _examples(self, split: str, count: int) -> list[dict]:
+    source = pipeline.make_source(self.config.data, split, self.config.seed)
+    return [source[i] for i in range(min(count, len(source)))]
+
+  def _clips(self, split: str, count: int) -> np.ndarray:
+    return np.stack([example["video"] for example in self._examples(split, count)])
+
+  def reconstruct(self, vae_params, clips: np.ndarray) -> list[np.ndarray]:
+    """uint8 clips (N, T, H, W, 3) through the VAE and back, in train-batch-sized pieces: numpy
+    [reconstructions in [-1, 1], posterior means, PSNR and SSIM per clip (NaN when the frames are
+    too small for SSIM's window)]."""
+    size = self.config.train.batch_size
+    pieces = [jax.device_get(self._reconstructor()(vae_params, clips[i:i + size]))
+              for i in range(0, len(clips), size)]
+    return [np.concatenate(parts) for parts in zip(*pieces)]
+
+  def evaluate(self, params, step: int, workdir: str) -> dict[str, float]:
+    """Held-out PSNR, SSIM and flicker (the mean change of the error from frame to frame, in gray
+    levels of 0-255) of the posterior mean, and on the built-in world what its judge reads in
+    the reconstructions (reconstruction.judged_shapes); also writes an original | reconstruction
+    video of the first clips to workdir/reconstructions."""
+    count = self.config.vae.get("eval_clips", 64)
+    if count <= 0:
+      return {}
+    examples = self._examples("heldout", count)
+    clips = np.stack([example["video"] for example in examples])
+    recon, _, psnr, ssim = self.reconstruct(self.model_params(params), clips)
+    recon_pixels = np.asarray(unit_to_pixels(recon))
+    if jax.process_index() == 0:
+      out_dir = os.path.join(workdir, "reconstructions")
+      os.makedirs(out_dir, exist_ok=True)
+      shown = min(4, count)
+      video = reconstruction.side_by_side(clips[:shown], recon_pixels[:shown])
+      video_io.write_mp4(os.path.join(out_dir, f"step_{step:06d}.mp4"), video, scale=4)
+    scores = {"eval/psnr": float(psnr.mean()), "eval/psnr_min": float(psnr.min())}
+    if "prompt" in examples[0]:  # the built-in world: can the judge still read the shapes?
+      scores.update(reconstruction.judged_shapes(recon_pixels, [e["prompt"] for e in examples]))
+    if clips.shape[1] > 1:
+      error = recon_pixels.astype(np.float32) - clips.astype(np.float32)
+      scores["eval/flicker"] = float(np.abs(np.diff(error, axis=1)).mean())
+    if not np.isnan(ssim).any():
+      scores["eval/ssim"] = float(ssim.mean())
+    return scores
+
+  def finish(self, params, workdir: str) -> None:
+    """Stores per-channel latent mean and std with the checkpoint, so a DiT trains on unit-scale
+    latents without measuring them again."""
+    step = checkpoint_lib.require_checkpoint(workdir)
+    clips = self._clips("train", self.config.vae.get("latent_stats_clips", 256))
+    latents = self.reconstruct(self.model_params(params), clips)[1]
+    latents = latents.reshape(-1, latents.shape[-1]).astype(np.float64)
+    if jax.process_index() == 0:
+      write_json_atomic(os.path.join(workdir, LATENT_STATS_FILE),
+                        {"step": step, "clips": len(clips), "mean": latents.mean(axis=0).tolist(),
+                         "std": (latents.std(axis=0) + 1e-6).tolist()})
+
+
