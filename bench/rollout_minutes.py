@@ -35,7 +35,8 @@ def main():
                       help="also each prompt's seen counterpart (shapes.seen_counterpart)")
   parser.add_argument("--sampler", default=None, help="default: the run's sample.sampler")
   parser.add_argument("--steps", type=int, default=None)
-  parser.add_argument("--guidance", type=float, default=None)
+  parser.add_argument("--guidance", type=float, default=None,
+                      help="default: the run's sample.rollout_guidance")
   parser.add_argument("--context", type=int, default=None,
                       help="latent frames carried into each chunk (default: prompting's)")
   parser.add_argument("--refresh", type=float, default=None,
@@ -48,6 +49,8 @@ def main():
   generator = VideoGenerator(args.workdir)
   try:  # before the long run
     evaluate_modes.check_rollout_seeds(args.seeds, "--seeds")
+    if args.guidance is None:
+      prompting.default_rollout_guidance(generator)
     prompting.check_refresh(prompting.default_refresh(generator) if args.refresh is None
                             else args.refresh, "--refresh")
   except ValueError as e:

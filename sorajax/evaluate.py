@@ -30,7 +30,8 @@ _SEEDS = flags.DEFINE_integer("seeds", 4, "Samples per held-out prompt.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Videos generated per call.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's sample.steps).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the run's sample.guidance; "
-                                "a loop's redrawn end: its sample.loop_guidance).")
+                                "a loop's redrawn end: its sample.loop_guidance; a rollout: its "
+                                "sample.rollout_guidance).")
 _SAMPLER = flags.DEFINE_string("sampler", None, "euler, heun or dpm_solver_2m (default: the run's "
                                "sample.sampler).")
 _MODES = flags.DEFINE_bool("modes", None, "Judge the prompting modes too (default: when the run "
@@ -115,6 +116,7 @@ def main(argv):
     evaluate_modes.check_rollout_seeds(_ROLLOUT_SEEDS.value, "--rollout_seeds")
     if _GUIDANCE.value is None:
       prompting.default_loop_guidance(generator)
+      prompting.default_rollout_guidance(generator)
     if _LOOP_STRENGTH.value is None:
       prompting.default_loop_strength(generator)
     else:

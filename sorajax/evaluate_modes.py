@@ -299,6 +299,8 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   total = round(seconds * fps)
   if refresh is None:
     refresh = prompting.default_refresh(generator)
+  if settings.get("guidance") is None:
+    settings = {**settings, "guidance": prompting.default_rollout_guidance(generator)}
   videos_of = [p for _ in range(seeds) for p in prompts]  # seed i + r * len(prompts): r-th repeat
   asked = len(videos_of)
   seeds_of = list(range(asked))
@@ -352,7 +354,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                       # seams between chunks are no larger than a typical step.
                       "seam_over_median_step": float(np.median(seams) / max(
                           float(np.median(inside)), 1.0)) if seams and inside else float("nan"),
-                      "refresh": refresh,
+                      "refresh": refresh, "guidance": float(settings["guidance"]),
                       "reference_windows_in_view": true_minute_kept(generator, chunk, prompts,
                                                                     total, seeds)},
           "videos": list(np.concatenate([firsts, lasts], axis=1)),

@@ -361,14 +361,24 @@ def default_loop_strength(generator) -> float:
   return strength
 
 
-def default_loop_guidance(generator) -> float:
-  """The run's sample.loop_guidance (its sample.guidance in runs saved before it), checked."""
+def _mode_guidance(generator, field: str) -> float:
+  """The run's sample.<field> (its sample.guidance in runs saved before it), checked."""
   sample = generator.config.sample
-  name = "sample.loop_guidance" if "loop_guidance" in sample else "sample.guidance"
-  guidance = float(sample.get("loop_guidance", sample.guidance))
+  name = f"sample.{field}" if field in sample else "sample.guidance"
+  guidance = float(sample.get(field, sample.guidance))
   if not 0.0 <= guidance <= MAX_GUIDANCE:
     raise ValueError(f"{name}={guidance} must be in [0, {MAX_GUIDANCE:g}]; 1 is no guidance")
   return guidance
+
+
+def default_loop_guidance(generator) -> float:
+  """The run's sample.loop_guidance (its sample.guidance in runs saved before it), checked."""
+  return _mode_guidance(generator, "loop_guidance")
+
+
+def default_rollout_guidance(generator) -> float:
+  """The run's sample.rollout_guidance (its sample.guidance in runs saved before it), checked."""
+  return _mode_guidance(generator, "rollout_guidance")
 
 
 def loop_guidance(generator, strength: float, guidance: float | None = None) -> float:
@@ -432,6 +442,10 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   `anchor` shows every later chunk the first chunk's first latent frame (the image latent of the
   video's first frame) as an anchor frame: a sharp view of what the objects look like, however
   far the context has drifted. Default: on for runs trained with flow.anchor > 0.
+
+  Every chunk samples at the guidance in `settings`, default the run's sample.rollout_guidance:
+  a rollout's later chunks are given what the objects look like, and strong guidance pulls an
+  unseen combination towards the seen ones its words share, chunk after chunk.
   """
   check_captions(captions, seeds)
   if carry not in ("latents", "frames"):
@@ -447,6 +461,8 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
     raise ValueError(f"total_frames={total_frames} must be at least 1")
   if anchor is None:
     anchor = generator.objective.anchor > 0
+  if settings.get("guidance") is None:
+    settings = {**settings, "guidance": default_rollout_guidance(generator)}
   if images is None:
     latents = generator.sample_latents(list(captions), list(seeds), chunk.latent_shape,
                                        **_one_pass(settings))

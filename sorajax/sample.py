@@ -52,7 +52,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "First seed.")
 _OUT = flags.DEFINE_string("out", "samples", "Output folder.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's sample.steps).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the run's sample.guidance; "
-                                "a loop's redrawn end: its sample.loop_guidance).")
+                                "a loop's redrawn end: its sample.loop_guidance; a rollout: its "
+                                "sample.rollout_guidance).")
 _SAMPLER = flags.DEFINE_string("sampler", None, "euler, heun or dpm_solver_2m (default: the run's "
                                "sample.sampler).")
 _GIVEN_NOISE = flags.DEFINE_float(

@@ -73,6 +73,7 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
   assert rollout["frames"] == 26
   assert rollout["windows"] == 3  # 9-frame windows, 8 frames apart
   assert rollout["refresh"] == generator.config.sample.rollout_refresh
+  assert rollout["guidance"] == generator.config.sample.rollout_guidance
   assert np.isfinite(rollout["seam_over_median_step"]) and rollout["seam_over_median_step"] > 0
   # Two minutes per prompt, each from its own seed; a whole video adds 1 to the windows' mean.
   videos = results["rollout"]["videos"]
@@ -147,10 +148,12 @@ def test_rollout_measures_each_side_on_known_minutes(monkeypatch):
     yield np.stack([videos[c] for c in captions])
 
   monkeypatch.setattr(prompting, "rollout", known_minutes)
+  guided = {"guidance": 3.0}  # a stand-in generator has no run to take its default from
   chunk = types.SimpleNamespace(frames=9, height=32, width=32, factor=4,
                                 video_frames=lambda latents, first: 1 + 4 * (latents - 1))
   prompts = [shapes.Prompt((triangle,), "black"), shapes.Prompt((mover,), "black")]
-  result = evaluate_modes.rollout(_Coder(), chunk, prompts, {}, seconds=10, fps=8, refresh=0.0)
+  result = evaluate_modes.rollout(_Coder(), chunk, prompts, guided, seconds=10, fps=8,
+                                  refresh=0.0)
   metrics = result["metrics"]
   # Only the in-view minute has a trace: kept while a triangle, misshaped once a circle.
   ((caption, trace),) = result["traces"]
@@ -158,6 +161,7 @@ def test_rollout_measures_each_side_on_known_minutes(monkeypatch):
   assert trace.startswith("1111") and trace.endswith("ssss") and set(trace) <= {"1", "s"}
   # The seen counterpart (the green triangle bouncing) runs on its partner's seed, 0.
   assert asked[0][1] == [0, 1, 0] and asked[0][0][2].startswith("a green triangle bouncing")
+  assert metrics["guidance"] == guided["guidance"]
   assert metrics["windows"] == 9  # 80 frames: windows start every 8 frames up to frame 64
   assert metrics["first_sixth_in_view"] == 1.0 and metrics["last_sixth_in_view"] == 0.0
   assert metrics["misshaped_in_view"] == 1.0  # the lost windows still show a red object
@@ -166,10 +170,10 @@ def test_rollout_measures_each_side_on_known_minutes(monkeypatch):
   assert metrics["videos_kept_whole_in_view"] == 0.0
   assert metrics["color_and_shape_windows_seen_in_view"] == 1.0
   assert metrics["videos_kept_whole_seen_in_view"] == 1.0
-  alone = evaluate_modes.rollout(_Coder(), chunk, prompts, {}, seconds=10, fps=8, refresh=0.0,
+  alone = evaluate_modes.rollout(_Coder(), chunk, prompts, guided, seconds=10, fps=8, refresh=0.0,
                                  seen=False)["metrics"]
   assert len(asked[-1][0]) == 2 and np.isnan(alone["color_and_shape_windows_seen_in_view"])
-  movers = evaluate_modes.rollout(_Coder(), chunk, prompts[1:], {}, seconds=10, fps=8,
+  movers = evaluate_modes.rollout(_Coder(), chunk, prompts[1:], guided, seconds=10, fps=8,
                                   refresh=0.0)["metrics"]
   assert len(asked[-1][0]) == 1  # no prompt in view: no counterpart either
   assert all(np.isnan(movers[k]) for k in ("first_sixth_in_view", "misshaped_in_view",

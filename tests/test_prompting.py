@@ -217,6 +217,13 @@ def test_rollout_refresh_redraws_each_later_chunk_and_carries_the_redraw(generat
   list(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, **STEPS))
   assert generator.config.sample.rollout_refresh > 0 and len(calls) == 3
   assert calls[-1]["strength"] == generator.config.sample.rollout_refresh
+  # So is its sample.rollout_guidance, for every chunk and redraw; a guidance asked for is kept.
+  assert [call["guidance"] for call in calls] == [STEPS["guidance"]] * 3
+  calls.clear()
+  list(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, steps=2))
+  sample = generator.config.sample
+  assert sample.rollout_guidance != sample.guidance
+  assert [call["guidance"] for call in calls] == [sample.rollout_guidance] * 3
   with pytest.raises(ValueError, match=r"refresh=1.0 must be in \[0, 1\)"):
     next(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, refresh=1.0))
   with pytest.raises(ValueError, match="refresh redraws the carried latents; use carry='latents'"):
