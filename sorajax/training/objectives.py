@@ -34,6 +34,8 @@ def restore_run(workdir: str, mesh, rules=None, step: int | None = None):
   """`restore_inference_params` with the run's objective after the config: built once, with the
   frozen weights it loads (a DiT's VAE and text encoder)."""
   config = load_saved_config(workdir)
+  # Before the objective loads what it freezes (a DiT's VAE): a run with no checkpoint says so.
+  step = checkpoint_lib.require_checkpoint(workdir, step)
   objective = build_objective(config, mesh)
   params, step = checkpoint_lib.restore_model_params(workdir, config, objective, mesh, rules, step)
   return config, objective, params, step
