@@ -493,4 +493,3 @@ class DiTObjective:
     if anchor_mask is not None:
       metrics["anchored"] = anchor_mask.mean()
     return loss, metrics
-

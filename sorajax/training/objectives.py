@@ -48,4 +48,3 @@ def build_objective(config: ml_collections.ConfigDict, mesh, **kwargs):
   if config.objective not in OBJECTIVES:
     raise ConfigError(f"objective={config.objective!r} is unknown; valid: {', '.join(OBJECTIVES)}")
   return OBJECTIVES[config.objective](config, mesh, **kwargs)
-

@@ -213,5 +213,3 @@ class VAEObjective:
       write_json_atomic(os.path.join(workdir, LATENT_STATS_FILE),
                         {"step": step, "clips": len(clips), "mean": latents.mean(axis=0).tolist(),
                          "std": (latents.std(axis=0) + 1e-6).tolist()})
-
-
