@@ -11,8 +11,7 @@ import ml_collections
 import numpy as np
 
 from sorajax.configuration import ConfigError, checked, write_json_atomic
-from sorajax.data import pipeline
-from sorajax.data import video_io
+from sorajax.data import pipeline, video_io
 from sorajax.models import discriminator as disc_lib
 from sorajax.models import factors
 from sorajax.models import vae as vae_lib
@@ -64,13 +63,13 @@ class VAEObjective:
   """
 
   tokenizer = None
-  frozen = {}
   train_sources = None  # the pipeline renders its own
   prompt_table = None
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     self.mesh = mesh
     self.config = config
+    self.frozen = {}  # nothing frozen: every VAE weight trains
     v = config.vae
     self.model = build_vae(config)
     d = config.data
@@ -143,8 +142,8 @@ class VAEObjective:
 
   # -- evaluation and the statistics the DiT needs, from the trainer's hooks.
   def _reconstructor(self):
-    if not hasattr(self, "_reconstruct"):
-      def reconstruct(vae_params, video_uint8):
+    if not hasattr(self, "_reconstruct_jit"):
+      def round_trip(vae_params, video_uint8):
         video = pixels_to_unit(video_uint8)
         mean, _ = self.model.apply({"params": vae_params}, video, method=self.model.encode)
         recon = self.model.apply({"params": vae_params}, mean, method=self.model.decode)
@@ -154,9 +153,9 @@ class VAEObjective:
                 else jnp.full_like(scores, jnp.nan))
         return recon, mean, scores, ssim
       # Replicated outputs: every process of a multi-host job can read them whole.
-      self._reconstruct = jax.jit(reconstruct, out_shardings=(
+      self._reconstruct_jit = jax.jit(round_trip, out_shardings=(
           None if self.mesh is None else mesh_lib.replicated(self.mesh)))
-    return self._reconstruct
+    return self._reconstruct_jit
 
   def _examples(self, split: str, count: int) -> list[dict]:
     source = pipeline.make_source(self.config.data, split, self.config.seed)
