@@ -26,7 +26,7 @@ import numpy as np
 from sorajax import aot, configuration
 from sorajax.models import attention
 from sorajax.models import dit as dit_lib
-from sorajax.parallel import collectives, context
+from sorajax.parallel import context
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 from sorajax.training import state as state_lib

@@ -11,7 +11,6 @@ launch/ starts them.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 import signal

@@ -1,5 +1,4 @@
 """Grain pipeline: global batches on the mesh, determinism, per-process batch checks."""
-import jax
 import numpy as np
 import pytest
 

@@ -94,7 +94,7 @@ def test_shards_split_over_processes_and_an_interrupted_job_resumes(folder, tmp_
   info = _prepare(folder, out, clips_per_shard=2, process_index=0, process_count=2)
   assert info["shards"] == 5 and info["records"] == 5
   assert all(os.path.getmtime(out / name) == t for name, t in kept.items())  # not redone
-  whole = _prepare(folder, tmp_path / "whole", clips_per_shard=2)
+  _prepare(folder, tmp_path / "whole", clips_per_shard=2)  # the single-process reference
   # A caption edited after another process wrote its shard: the dataset is not published.
   root, captions = folder
   edited = tmp_path / "edited.csv"

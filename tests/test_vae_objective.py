@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 
 from sorajax import configuration
-from sorajax import train
 from sorajax.data import shapes
 from sorajax.data import video_io
 from sorajax.models import discriminator as disc_lib
-from sorajax.models import vae as vae_lib
 from sorajax.training import objectives
 from sorajax.training import reconstruction
 from sorajax.training import vae_objective
-from tiny import VAE_CONFIG, perturbed_tiny_vae, tiny_config
+from tiny import VAE_CONFIG, tiny_config
 
 KEY = jax.random.key(0)
 

@@ -20,7 +20,6 @@ import io
 import json
 import os
 import uuid
-from typing import Any
 
 import msgpack
 import numpy as np
