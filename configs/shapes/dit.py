@@ -174,7 +174,9 @@ def get_config(arg=None):
   # its words share (the cyan square bouncing towards the round bouncing objects), chunk after
   # chunk. Against 4, same weights, 24 held-out minutes each: more windows kept on the demo run and
   # on three of four depth-8 runs, up to 98.9% against 87.9% (bench/RESULTS.md, issue 5
-  # fifteenth pass).
+  # fifteenth pass). Later chunks at 1.5 let objects fade out, at 3 they turn the cyan square
+  # round on one run of two, and guidance left off at high noise costs still objects their shape
+  # (sixteenth pass).
   config.sample.rollout_guidance = 2.5
 
   config.train = ml_collections.ConfigDict()
