@@ -180,11 +180,22 @@ def _default_context(chunk: Chunk, context: int | None, backward: bool = False) 
   return context
 
 
+def _wants_anchor(generator, anchor: bool | None) -> bool:
+  """Whether chunks are shown an anchor frame: as asked, or by default if the run trained with
+  them (generation.sample_latents refuses anchors to a run that did not)."""
+  return generator.objective.anchor > 0 if anchor is None else bool(anchor)
+
+
 def extend(generator, videos: np.ndarray, captions, seeds, new_frames: int, backward: bool = False,
-           context: int | None = None, chunk: Chunk | None = None, **settings) -> np.ndarray:
+           context: int | None = None, chunk: Chunk | None = None, anchor: bool | None = None,
+           **settings) -> np.ndarray:
   """The clips (N, T, H, W, 3) with `new_frames` generated frames after them (or before them),
   made chunk by chunk, each chunk given `context` latent frames of what is there (default:
-  `_default_context`). The clips' own frames come back unchanged."""
+  `_default_context`). The clips' own frames come back unchanged.
+
+  `anchor` shows every chunk the given clip's first frame as an anchor frame, as `rollout` shows
+  its later chunks the video's first frame: however many chunks the extension takes, each sees
+  what the objects looked like in the clip. Default: on for runs trained with flow.anchor > 0."""
   check_captions(captions, seeds)
   chunk = chunk or Chunk(generator)
   context = _default_context(chunk, context, backward)
@@ -196,6 +207,8 @@ def extend(generator, videos: np.ndarray, captions, seeds, new_frames: int, back
                      f"{chunk.width}x{chunk.height}; fit them first (prompting.fit)")
   mode = "extend_back" if backward else "extend"
   _check_length(videos, chunk.video_frames(1, first=not backward), mode, chunk)
+  if _wants_anchor(generator, anchor):
+    settings = {**settings, "anchor": generator.encode(videos[:, :1])}
   made, index = 0, 0
   while made < new_frames:
     # A short clip gives what it has: fewer context latent frames in the first chunks.
@@ -459,8 +472,7 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   context = _default_context(chunk, context)
   if total_frames < 1:
     raise ValueError(f"total_frames={total_frames} must be at least 1")
-  if anchor is None:
-    anchor = generator.objective.anchor > 0
+  anchor = _wants_anchor(generator, anchor)
   if settings.get("guidance") is None:
     settings = {**settings, "guidance": default_rollout_guidance(generator)}
   if images is None:

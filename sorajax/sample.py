@@ -43,8 +43,9 @@ _REFRESH = flags.DEFINE_float(
     "prompt, [0, 1): larger keeps shapes longer, with larger steps between chunks and "
     "refresh x steps more sampler steps per chunk (default: the run's sample.rollout_refresh).")
 _ANCHOR = flags.DEFINE_boolean(
-    "anchor", None, "rollout: show every later chunk the video's first frame as an anchor frame "
-    "(default: on for runs trained with flow.anchor > 0).")
+    "anchor", None, "rollout: show every later chunk the video's first frame as an anchor frame; "
+    "extend, extend_back: show every chunk the input clip's first frame (default: on for runs "
+    "trained with flow.anchor > 0).")
 _CONTEXT = flags.DEFINE_integer("context", None, "extend, extend_back, rollout: latent frames of "
                                 "what is there given to each chunk (default: the mode's).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Videos per prompt (seeds seed..seed+n-1).")
@@ -107,7 +108,7 @@ def _make(generator, captions, seeds, settings):
     clips, notes = _load(_INPUT, chunk, n)
     return prompting.extend(generator, clips, captions, seeds, _NEW_FRAMES.value,
                             backward=mode == "extend_back", context=_CONTEXT.value, chunk=chunk,
-                            **settings), notes
+                            anchor=_ANCHOR.value, **settings), notes
   if mode == "connect":
     first, notes = _load(_INPUT, chunk, n)
     second, more = _load(_INPUT2, chunk, n)

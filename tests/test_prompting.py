@@ -79,6 +79,15 @@ def test_extend_keeps_the_clip_and_adds_frames_on_its_side(generator, calls, bac
   else:
     np.testing.assert_allclose(first["given_latents"][:, :2], generator.encode(source[:, 4:]),
                                atol=1e-5)
+  # The run trained with anchors: every chunk is shown the given clip's first frame.
+  assert generator.objective.anchor > 0
+  for call in calls:
+    np.testing.assert_allclose(call["anchor"], generator.encode(source[:, :1]), atol=1e-5)
+  start = len(calls)
+  plain = prompting.extend(generator, source, ["a blue square moving up"] * 2, [3, 4],
+                           new_frames=6, backward=backward, chunk=chunk, anchor=False, **STEPS)
+  assert len(calls) == start + 2 and all(c.get("anchor") is None for c in calls[start:])
+  np.testing.assert_array_equal(plain[:, 6:] if backward else plain[:, :9], source)
 
 
 def test_connect_and_loop_join_the_given_ends(generator, calls):
