@@ -186,6 +186,9 @@ def get_config(arg=None):
   config.train.warmup_steps = 50
   config.train.weight_decay = 0.0
   config.train.grad_clip = 1.0
+  # Sampling uses this EMA of the weights. 0.999 on the same trained weights moved a depth-8 run's
+  # minute-long rollouts by +3.1 and -4.7 points of windows kept on two seeds (bench/RESULTS.md,
+  # issue 5 seventeenth pass): no better than two checkpoints of one run 200 steps apart.
   config.train.ema_decay = 0.995
   config.train.log_every = 50
   # Peak TFLOP/s of one device, for MFU in the logs (0: log achieved TFLOP/s only); e.g. 989 for an
