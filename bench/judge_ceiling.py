@@ -51,7 +51,8 @@ def read(clip: np.ndarray, prompt: shapes.Prompt) -> tuple[bool, float]:
 
 def ceiling(code, prompts, placements: int, frames: int, size: int) -> tuple[float, dict]:
   """(share of coded clips whose shape reads right, per-prompt rows) over `placements` render seeds
-  of each prompt; `code` maps uint8 clips (N, T, H, W, 3) to what the generator's VAE makes of them."""
+  of each prompt; `code` maps uint8 clips (N, T, H, W, 3) to what the generator's VAE makes of
+  them."""
   rows, kept = {}, []
   for prompt in prompts:
     clips = np.stack([shapes.render_prompt(prompt, frames, size, size, seed)
