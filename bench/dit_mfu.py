@@ -7,7 +7,8 @@ r"""DiT train-step MFU on this machine, against a float32 matmul peak measured i
 For the demo DiT config (configs/shapes/dit.py, the trainer's own jitted step on the latent cache;
 --config_arg picks another variant or clip size from the same file):
   - the machine's float32 matmul peak: the best of several 2048^3 matmuls;
-  - analytic training FLOPs per step (objective.train_flops: 3x the forward's matmuls and attention);
+  - analytic training FLOPs per step (objective.train_flops: 3x the forward's matmuls and
+    attention);
   - MFU = analytic FLOPs / step time / peak, per variant of the block stack (scan, unrolled,
     remat policies);
   - the analytic forward FLOPs over XLA's cost analysis of the same forward (unrolled, so XLA counts
@@ -72,7 +73,8 @@ def main():
   parser.add_argument("--vae_workdir", required=True)
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--variants", default=",".join(VARIANTS))
-  parser.add_argument("--config_arg", default="", help="configs/shapes/dit.py arg, e.g. variant=B/2")
+  parser.add_argument("--config_arg", default="",
+                      help="configs/shapes/dit.py arg, e.g. variant=B/2")
   parser.add_argument("--latent_cache", type=int, default=None,
                       help="clips to pre-encode (default: the config's)")
   args = parser.parse_args()

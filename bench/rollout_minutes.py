@@ -42,8 +42,8 @@ def main():
   parser.add_argument("--refresh", type=float, default=None,
                       help="default: the run's sample.rollout_refresh")
   parser.add_argument("--traces", action="store_true",
-                      help="also print each in-view minute's windows in order (1 kept, s misshaped, "
-                           "- no object of its color and size)")
+                      help="also print each in-view minute's windows in order (1 kept, "
+                           "s misshaped, - no object of its color and size)")
   parser.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=None,
                       help="show later chunks the first frame (default: if the run trained so)")
   args = parser.parse_args()

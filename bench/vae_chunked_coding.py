@@ -6,7 +6,8 @@ Memory: XLA's own accounting of the compiled programs (arguments + outputs + tem
 largest call; for chunked coding that includes the carried caches), so the figure is what a device
 must hold, free of the Python process's baseline. Each clip length also runs in a fresh subprocess
 whose peak RSS is reported (glibc's mmap threshold fixed at 1 MiB, see below), with each decoded
-piece turned to uint8 and dropped, as a video writer would. Speed: frames/s of encode and decode after compile, median of 3 runs.
+piece turned to uint8 and dropped, as a video writer would. Speed: frames/s of encode and decode
+after compile, median of 3 runs.
 Parameters are random: cost does not depend on their values.
 """
 import argparse
@@ -112,7 +113,8 @@ def main():
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     rss[frames] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
                                             env=env).stdout.strip().splitlines()[-1])
-    print(f"decode {frames} frames: XLA bytes one pass {memory[frames]['one_pass'] / 2**20:.1f} MiB, "
+    print(f"decode {frames} frames: XLA bytes one pass "
+          f"{memory[frames]['one_pass'] / 2**20:.1f} MiB, "
           f"chunked {memory[frames]['chunked'] / 2**20:.1f} MiB; chunked process peak RSS "
           f"{rss[frames] / 2**20:.0f} MiB")
   for kind in ("one_pass", "chunked"):

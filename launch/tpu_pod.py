@@ -37,7 +37,8 @@ def gcloud_commands(tpu: str, zone: str, project: str | None, remote_dir: str, c
            ["git", "-C", ROOT, "archive", "--format=tar.gz", "-o", local_archive, "HEAD"],
            ["gcloud", "compute", "tpus", "tpu-vm", "scp", local_archive, f"{tpu}:{ARCHIVE}", *where,
             "--worker=all"],
-           ssh + [f"rm -rf {directory} && mkdir -p {directory} && tar -xzf {ARCHIVE} -C {directory}"]]
+           ssh + [f"rm -rf {directory} && mkdir -p {directory} && "
+                  f"tar -xzf {ARCHIVE} -C {directory}"]]
   cd = f"cd {directory}"
   if install:
     steps.append(ssh + [f"{cd} && make install EXTRAS=tpu"])

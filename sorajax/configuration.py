@@ -1,7 +1,7 @@
 """Config files, command-line overrides and the one-line errors users see when either is wrong.
 
-Configs are big_vision-style Python files with `get_config(arg)`; the arg is a comma-separated list of
-`key=value` pairs (`configs/shapes/dit.py:variant=tiny,frames=17`). Overrides come as absl flags
+Configs are big_vision-style Python files with `get_config(arg)`; the arg is a comma-separated list
+of `key=value` pairs (`configs/shapes/dit.py:variant=tiny,frames=17`). Overrides come as absl flags
 (`--config.train.num_steps=100`); ml_collections applies them, but an unknown key there ends in a
 traceback, so `check_argv` looks at them first and names the closest valid keys.
 """
@@ -21,7 +21,7 @@ from absl import logging as absl_logging
 
 
 class ConfigError(ValueError):
-  """A problem with the user's config, flags or inputs: reported as one line, without a traceback."""
+  """A problem with the user's config, flags or inputs: reported in one line, no traceback."""
 
 
 def checked(check, *args) -> None:
@@ -68,7 +68,8 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads 'path/to/config.py[:arg]' the way `--config` does."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} does not exist; pass e.g. --config configs/shapes/dit.py")
+    raise ConfigError(f"config file {path!r} does not exist; "
+                      "pass e.g. --config configs/shapes/dit.py")
   module_spec = importlib.util.spec_from_file_location("sorajax_user_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -80,7 +81,8 @@ def check_overrides(config: ml_collections.ConfigDict, keys: Sequence[str]) -> N
   for key in keys:
     if key not in valid:
       close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-      hint = f"did you mean {' or '.join(close)}?" if close else "see the config file for valid keys"
+      hint = (f"did you mean {' or '.join(close)}?" if close
+              else "see the config file for valid keys")
       raise ConfigError(f"unknown config key {key!r}; {hint}")
 
 

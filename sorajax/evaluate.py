@@ -65,8 +65,8 @@ _STAGE_FRAMES = flags.DEFINE_integer(
 PACE = ("travel", "evenness")  # measured for left/right/up/down movers (shapes_judge.pace)
 
 
-def evaluate_heldout(generator, seeds: int, batch: int, steps=None, guidance=None, stage_frames=None,
-                     sampler=None, paraphrased: bool = False):
+def evaluate_heldout(generator, seeds: int, batch: int, steps=None, guidance=None,
+                     stage_frames=None, sampler=None, paraphrased: bool = False):
   """Generates and judges every held-out prompt `seeds` times; returns (rows, videos).
   `paraphrased`: each prompt is worded with other words (shapes.paraphrase, a wording per seed)."""
   background = "black"
@@ -135,7 +135,8 @@ def main(argv):
           "sampler": _SAMPLER.value or generator.config.sample.get("sampler", "euler"),
           "stage_frames": (generator.config.sample.get("stage_frames", 0)
                            if _STAGE_FRAMES.value is None else _STAGE_FRAMES.value),
-          "guidance": generator.config.sample.guidance if _GUIDANCE.value is None else _GUIDANCE.value}
+          "guidance": (generator.config.sample.guidance
+                       if _GUIDANCE.value is None else _GUIDANCE.value)}
   trained_modes = any(p > 0 for p in generator.objective.given_frames.values())
   extra = []
   if _PARAPHRASED.value or (_PARAPHRASED.value is None

@@ -32,7 +32,8 @@ def write_report(out: str, rows, videos, summary, info, extra_lines=()) -> None:
            f"- run: `{info['workdir']}` (checkpoint step {info['step']})",
            f"- {info['prompts']} held-out prompts x {info['seeds']} seeds = {len(rows)} videos, "
            f"{info['sampler_steps']} {info['sampler']} steps, guidance {info['guidance']}"
-           + (f", {info['stage_frames']} latent frame(s) per stage" if info["stage_frames"] else ""),
+           + (f", {info['stage_frames']} latent frame(s) per stage" if info["stage_frames"]
+              else ""),
            f"- sampling time: {info['seconds']:.1f} s", "",
            "| attribute | accuracy |", "|---|---|"]
   lines += [f"| {name} | {100 * summary[name]:.1f}% |" for name in ATTRIBUTES]

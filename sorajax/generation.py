@@ -9,8 +9,8 @@ on which batch or device produced it.
 Staged sampling (`sample.stage_frames = k > 0`): sample the clip from text and keep its first k
 latent frames, then sample it again with those frames given and keep k more, until every frame is
 fixed. k = 1 on a 2-frame latent clip is text -> image -> video (Emu Video's factorisation); in
-general it is autoregressive generation in chunks of k frames, the way long clips are made. It needs a
-run trained to continue a prefix (`flow.given_frames.prefix > 0`, or `.first` when only the first
+general it is autoregressive generation in chunks of k frames, the way long clips are made. It needs
+a run trained to continue a prefix (`flow.given_frames.prefix > 0`, or `.first` when only the first
 frame is ever given).
 """
 from __future__ import annotations
@@ -57,7 +57,8 @@ class VideoGenerator:
     self.mesh = mesh
     self.config, self.objective, self.params, self.step = objectives.restore_run(workdir, mesh)
     if self.config.objective != "dit":
-      raise ConfigError(f"{workdir!r} holds a {self.config.objective!r} run; sampling needs a DiT run")
+      raise ConfigError(f"{workdir!r} holds a {self.config.objective!r} run; "
+                        "sampling needs a DiT run")
     self.rules = mesh_lib.logical_rules(self.config.logical_rules)
     self.objective.prepare(workdir, training=False)
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
@@ -79,7 +80,8 @@ class VideoGenerator:
     """`prompt` and `null_prompt`: (text embeddings, mask) of the captions and of the empty one;
     `anchor` (n, 1, h, w, C) or None, shown to both."""
     def noise(stage):  # sample i's first stage draws from key(seed_i), later ones from folds of it
-      key = lambda s: jax.random.key(s) if stage == 0 else jax.random.fold_in(jax.random.key(s), stage)
+      key = lambda s: (jax.random.key(s) if stage == 0
+                       else jax.random.fold_in(jax.random.key(s), stage))
       correlation = self.objective.frame_noise_correlation  # the prior the run was trained from
       return jax.vmap(lambda s: flow.frame_noise(key(s), latent_shape, correlation, frame_axis=0))(
           seeds)
@@ -108,7 +110,8 @@ class VideoGenerator:
 
     x = first_noise = noise(0)
     if source is not None:  # an edit starts from the source clip noised to the start time
-      x = flow.interpolate(source, x, jnp.full(x.shape[:1], samplers.time_grid(steps, shift)[start]))
+      x = flow.interpolate(source, x,
+                           jnp.full(x.shape[:1], samplers.time_grid(steps, shift)[start]))
     latents = solve_around(x, first_noise, given, given_latents, start)
     for stage, fixed in enumerate(stage_prefixes(latent_shape[0], stage_frames), start=1):
       staged = jnp.broadcast_to(jnp.arange(latent_shape[0]) < fixed, latents.shape[:2])

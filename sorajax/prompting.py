@@ -161,7 +161,7 @@ def _extend_chunk(generator, chunk, videos, captions, seeds, context, backward, 
 
 
 def _chunk_seeds(seeds, index: int) -> list[int]:
-  """Seeds of chunk `index` > 0 of a multi-chunk job: distinct per chunk, fixed by the job's seed."""
+  """Seeds of chunk `index` > 0 of a multi-chunk job: one per chunk, fixed by the job's seed."""
   return [(int(s) + 0x9E3779B9 * index) % 2 ** 32 for s in seeds]
 
 

@@ -1,6 +1,7 @@
 r"""Sample videos from a trained DiT run, from text or prompted with images and videos.
 
-  python -m sorajax.sample --workdir runs/demo/dit --prompt "a red circle moving left on a black background" \
+  python -m sorajax.sample --workdir runs/demo/dit \
+      --prompt "a red circle moving left on a black background" \
       --num_samples 4 --seed 0 --out samples/
   python -m sorajax.sample --workdir runs/demo/dit --mode animate --input start.png --prompt "..."
   python -m sorajax.sample --workdir runs/demo/dit --mode rollout --seconds 60 --prompt "..."
@@ -29,7 +30,8 @@ from sorajax.data import video_io
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A DiT run made by sorajax.train.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Caption; repeat the flag for several prompts.")
-_MODE = flags.DEFINE_enum("mode", "text", prompting.MODES, "What to make (see the module docstring).")
+_MODE = flags.DEFINE_enum(
+    "mode", "text", prompting.MODES, "What to make (see the module docstring).")
 _INPUT = flags.DEFINE_string("input", None, "Image or video file the mode starts from.")
 _INPUT2 = flags.DEFINE_string("input2", None, "connect: the clip to lead into.")
 _STRENGTH = flags.DEFINE_float(

@@ -5,8 +5,8 @@ r"""The one trainer: trains the VAE or the DiT, whichever the config's `objectiv
       --config.train.num_steps=100 --config.vae_workdir=runs/demo/vae --workdir runs/demo/dit
 
 Rerunning with the same workdir resumes from its latest checkpoint, on any mesh. Several processes
-(hosts) run the same command with --distributed or an explicit job (sorajax/parallel/distributed.py);
-launch/ starts them.
+(hosts) run the same command with --distributed or an explicit job
+(sorajax/parallel/distributed.py); launch/ starts them.
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # ---------------------------------------------------------------------------------------------
   # The jitted step: explicit shardings, state donated.
   # ---------------------------------------------------------------------------------------------
-  train_step = step_lib.jit_train_step(objective, optimizer, config.train.ema_decay, shardings, mesh)
+  train_step = step_lib.jit_train_step(objective, optimizer, config.train.ema_decay,
+                                       shardings, mesh)
 
   # ---------------------------------------------------------------------------------------------
   # Loop.

@@ -49,7 +49,7 @@ ENTRY %main (a: f32[4]) -> f32[4] {
   %w = (s32[], f32[4]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
   %ar = bf16[10]{0} all-reduce(bf16[10]{0} %z), replica_groups=[1,8]<=[8], to_apply=%add
 }
-"""
+"""  # noqa: E501 (an HLO line as XLA prints it)
   moved = collectives.collective_bytes(hlo)
   assert moved["all-gather"] == 3 * 8 * 2 * 4
   assert moved["reduce-scatter"] == 3 * 2 * 4 * 8  # the operand: result x group size

@@ -36,7 +36,8 @@ def test_blockwise_equals_plain_attention_values_and_gradients(mask_kind):
   def loss(fn, q, k, v):
     return jnp.sum(fn(q, k, v, mask) * weights)
 
-  blockwise = lambda q, k, v, mask: attention._blockwise(q, k, v, mask, block=16)  # 3 blocks, padded
+  blockwise = lambda q, k, v, mask: attention._blockwise(q, k, v, mask,
+                                                         block=16)  # 3 blocks, padded
   for fn_a, fn_b in [(attention._xla, blockwise)]:
     np.testing.assert_allclose(jax.jit(fn_b)(q, k, v, mask), jax.jit(fn_a)(q, k, v, mask),
                                atol=1e-5, rtol=1e-5)
@@ -57,7 +58,8 @@ def test_blockwise_never_builds_a_full_logits_matrix():
 
     def walk(jaxpr):
       for eqn in jaxpr.eqns:
-        sizes.extend(int(np.prod(var.aval.shape)) for var in eqn.outvars if hasattr(var.aval, "shape"))
+        sizes.extend(int(np.prod(var.aval.shape)) for var in eqn.outvars
+                     if hasattr(var.aval, "shape"))
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
           walk(sub)
 

@@ -1,4 +1,5 @@
-"""The DiT's block stack: adaLN-Zero identity at init, nn.scan against a plain loop, remat policies."""
+"""The DiT's block stack: adaLN-Zero identity at init, nn.scan against a plain loop, remat
+policies."""
 
 import flax.linen as nn
 import jax

@@ -109,7 +109,7 @@ def test_window_verdicts_tell_a_misread_shape_from_a_lost_object():
 
 
 class _Coder:
-  """Stands in for a run's VAE: codes a video as itself, or blacks out its frames from `lost_from`."""
+  """Stands in for a run's VAE: codes a video as itself, or blacks out frames from `lost_from`."""
 
   def __init__(self, lost_from=None):
     self.lost_from = lost_from

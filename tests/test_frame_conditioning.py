@@ -1,4 +1,5 @@
-"""Which frames training hands to the model clean: mode masks, mixing probabilities, bad settings."""
+"""Which frames training hands to the model clean: mode masks, mixing probabilities, bad
+settings."""
 import jax
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""bench/judge_ceiling.py: what the judge reads in true clips after a coder has been through them."""
+"""bench/judge_ceiling.py: what the judge reads in true clips after a coder has been through
+them."""
 import dataclasses
 import importlib.util
 import math

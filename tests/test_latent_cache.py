@@ -92,7 +92,8 @@ def test_dit_loss_from_cached_latents_equals_loss_from_pixels(vae_workdir, tmp_p
     assert abs(float(loss(params, objective.frozen, other, rng, 0)[0]) - float(from_cache)) > 1e-6
   # The trainer's stream serves the cache as global batches over the mesh's 8 devices.
   batch = next(pipeline.train_batches(config, mesh, objective.tokenizer, [cache]))
-  assert set(batch) == {"latents", "tokens", "token_mask"} | ({"anchor_latents"} if anchor else set())
+  assert set(batch) == ({"latents", "tokens", "token_mask"}
+                        | ({"anchor_latents"} if anchor else set()))
   assert batch["latents"].shape == (8,) + cache.latents.shape[1:]
   assert len(batch["latents"].sharding.device_set) == 8
 

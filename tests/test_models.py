@@ -191,7 +191,8 @@ def test_kl_closed_form_matches_monte_carlo():
     ((0, 32, 32, 4, 8), "frames=0 is not 1 + 4*k; nearest valid: 1"),
     ((9, 4, 32, 4, 8), "height=4 is not a multiple of 8; nearest valid: 8"),
     # A temporal patch of 2 needs an even latent frame count (1 + k).
-    ((9, 32, 32, 4, 8, 2), "frames=9 is not 1 + 4*k with 1 + k a multiple of 2; nearest valid: 5 or 13"),
+    ((9, 32, 32, 4, 8, 2),
+     "frames=9 is not 1 + 4*k with 1 + k a multiple of 2; nearest valid: 5 or 13"),
     ((13, 32, 32, 4, 8, 2), None),
   ],
 )

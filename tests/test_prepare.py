@@ -291,7 +291,8 @@ def test_precomputed_latents_equal_the_vae_and_train_the_dit(folder, tmp_path, v
   info_path = os.path.join(out, records.DATASET_FILE)
   with open(info_path) as f:
     stored_info = json.load(f)
-  configuration.write_json_atomic(info_path, dict(stored_info, vae_step=stored_info["vae_step"] + 1))
+  configuration.write_json_atomic(info_path,
+                                  dict(stored_info, vae_step=stored_info["vae_step"] + 1))
   wrong = stored_info["vae_step"] + 1
   with pytest.raises(Exception, match=f"at step {wrong}, .* train with --config.vae_step={wrong}"):
     objective.prepare(str(tmp_path / "dit"))

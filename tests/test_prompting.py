@@ -1,4 +1,5 @@
-"""Every prompting mode on a tiny run: shapes, masks, given frames kept, boundaries, flat rollouts."""
+"""Every prompting mode on a tiny run: shapes, masks, given frames kept, boundaries, flat
+rollouts."""
 import tracemalloc
 import types
 

@@ -1,4 +1,5 @@
-"""Samplers on a 2D Gaussian mixture, whose exact rectified-flow velocity is known in closed form."""
+"""Samplers on a 2D Gaussian mixture, whose exact rectified-flow velocity is known in closed
+form."""
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,8 @@ def test_second_order_samplers_beat_euler_at_equal_steps(noise_and_reference, st
   noise, reference = noise_and_reference
   error = {}
   for name in samplers.SAMPLERS:
-    out = jax.jit(lambda n, name=name: samplers.get_sampler(name)(mixture_velocity, n, steps))(noise)
+    out = jax.jit(
+        lambda n, name=name: samplers.get_sampler(name)(mixture_velocity, n, steps))(noise)
     error[name] = float(jnp.mean(jnp.linalg.norm(out - reference, axis=-1)))
   assert error["heun"] < 0.5 * error["euler"], error
   assert error["dpm_solver_2m"] < 0.5 * error["euler"], error

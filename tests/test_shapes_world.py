@@ -73,7 +73,8 @@ def test_len_and_index_errors():
 
 def test_caption_text_and_round_trip():
   prompt = _prompt(("red", "circle", "left"), ("blue", "square", "bouncing"))
-  assert prompt.caption == "a red circle moving left and a blue square bouncing on a black background"
+  assert prompt.caption == ("a red circle moving left and a blue square bouncing "
+                            "on a black background")
   still = _prompt(("green", "triangle", "static"), background="navy")
   assert still.caption == "a green triangle standing still on a navy background"
   vocabulary = set(shapes.caption_vocabulary())
@@ -92,7 +93,8 @@ def test_max_caption_words_is_the_longest_caption():
   assert len(longest.caption.split()) == shapes.max_caption_words(3)
   world = _world(frames=1, max_objects=3)
   assert max(len(world[i]["caption"].split()) for i in range(200)) <= shapes.max_caption_words(3)
-  assert shapes.max_caption_words(1) == len("a red circle moving left on a black background".split())
+  assert shapes.max_caption_words(1) == len(
+      "a red circle moving left on a black background".split())
 
 
 def test_json_round_trip():
@@ -279,7 +281,8 @@ def test_edges_are_anti_aliased():
 
 def test_paraphrases_use_no_caption_word_and_say_every_attribute():
   vocabulary = set(shapes.caption_vocabulary(reworded=True)) - {"a", "and"}
-  names = list(shapes.COLORS) + list(shapes.SHAPES) + list(shapes.MOTIONS) + list(shapes.BACKGROUNDS)
+  names = (list(shapes.COLORS) + list(shapes.SHAPES) + list(shapes.MOTIONS)
+           + list(shapes.BACKGROUNDS))
   assert set(shapes.PARAPHRASES) == set(names)
   prompt = shapes.Prompt((shapes.ObjectSpec("red", "circle", "left"),
                           shapes.ObjectSpec("cyan", "triangle", "bouncing")), "navy")

@@ -1,5 +1,6 @@
 """Pretrained text encoders in the DiT: tokenizer rows, the prompt-embedding cache, and a DiT that
-conditions on frozen MiniLM embeddings (cached or computed in the step, the same loss either way)."""
+conditions on frozen MiniLM embeddings (cached or computed in the step, the same loss either
+way)."""
 import logging
 import os
 import pickle
@@ -40,7 +41,8 @@ def test_rows_are_padded_cut_with_a_warning_and_pickle(tokenizer, caplog):
 
 
 def test_pretrained_encoders_name_what_is_missing(tmp_path):
-  with pytest.raises(ValueError, match="text.encoder='clip' is unknown; valid: learned, minilm, t5"):
+  with pytest.raises(ValueError,
+                     match="text.encoder='clip' is unknown; valid: learned, minilm, t5"):
     text_encoders.pretrained("clip", "", 16)
   with pytest.raises(ValueError, match="text.encoder='t5' needs text.weights"):
     text_encoders.pretrained("t5", "", 16)
@@ -74,7 +76,8 @@ def test_prompt_cache_encodes_each_caption_once_and_keeps_it_on_disk(tokenizer, 
   (tmp_path / "abc-first.npz.tmp-1.npz").write_bytes(b"half-written")  # a writer's temp file
   other = prompt_embeddings.PromptEmbeddings("abc", tokenizer, width=4)
   assert other.load(str(tmp_path)) == 2
-  np.testing.assert_array_equal(other.lookup(["a red circle"])[0], table.lookup(["a red circle"])[0])
+  np.testing.assert_array_equal(other.lookup(["a red circle"])[0],
+                                table.lookup(["a red circle"])[0])
   other.add(["a green triangle"], encode, batch_size=2)
   other.save(str(tmp_path), "second")  # holds only what "first" does not
   with np.load(tmp_path / "abc-second.npz") as stored:
@@ -158,4 +161,5 @@ def test_sampling_embeds_a_prompt_once_per_run_folder(minilm_dit, monkeypatch):
   second = VideoGenerator(minilm_dit)
   assert prompt in second.prompts  # loaded, not encoded again
   second.objective.encode_prompts = None  # would fail if called
-  np.testing.assert_array_equal(second.prompt_context([prompt])[0], first.prompt_context([prompt])[0])
+  np.testing.assert_array_equal(second.prompt_context([prompt])[0],
+                                first.prompt_context([prompt])[0])

@@ -44,7 +44,8 @@ def test_sharded_step_matches_single_device(objective, vae_workdir, tmp_path):
   built.prepare(str(tmp_path))
   loss_1, params_1 = one_step(config, built, single)
   # Data, FSDP and tensor parallelism at once, over all 8 devices.
-  loss_8, params_8 = one_step(config, built, mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+  loss_8, params_8 = one_step(config, built,
+                              mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
   np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                params_8, params_1)

@@ -20,7 +20,8 @@ def _video(frames, seed=0):
 @pytest.mark.parametrize("factorized,chunk,mid_attention,refine_features",
                          [(True, 2, False, 0), (True, 1, False, 0), (False, 2, False, 0),
                           (True, 9, False, 0), (True, 2, True, 3)])
-def test_chunked_encode_and_decode_equal_one_pass(factorized, chunk, mid_attention, refine_features):
+def test_chunked_encode_and_decode_equal_one_pass(factorized, chunk, mid_attention,
+                                                  refine_features):
   model, params, coder = _coder(factorized, chunk, mid_attention, refine_features)
   video = _video(21)  # 1 + 4*5 frames: pieces of 1, then 4*chunk frames, the last one shorter
   mean, logvar = model.apply({"params": params}, video, method="encode")
@@ -51,7 +52,8 @@ def test_chunked_coding_rejects_bad_input():
   with pytest.raises(ValueError, match="chunk=0 latent frames per piece must be at least 1"):
     vae_chunked.ChunkedCoder(model, params, 0)
   # A continuing piece must hold whole latent frames.
-  with pytest.raises(ValueError, match="continuing chunk of 6 frames is not 4\\*k; nearest valid: 4 or 8"):
+  with pytest.raises(ValueError,
+                     match="continuing chunk of 6 frames is not 4\\*k; nearest valid: 4 or 8"):
     model.apply({"params": params}, _video(6), first_chunk=False, method="encode",
                 mutable=["cache"])
 

@@ -22,7 +22,8 @@ KEY = jax.random.key(0)
 
 
 def _video(frames=5, size=16, seed=0, batch=2):
-  return np.random.default_rng(seed).uniform(-1, 1, (batch, frames, size, size, 3)).astype(np.float32)
+  return np.random.default_rng(seed).uniform(
+      -1, 1, (batch, frames, size, size, 3)).astype(np.float32)
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -138,13 +139,15 @@ def test_adversarial_terms_train_each_part_on_its_own_objective():
   video = vae_objective.pixels_to_unit(batch["video"])
   recon = objective.model.apply({"params": params["vae"]}, video, sample_rng=KEY)["recon"]
   # The judge's gradient is exactly that of its hinge loss on real clips and fixed reconstructions.
-  expected = jax.grad(lambda p: disc_lib.hinge_discriminator_loss(judge(p, video), judge(p, recon)))(
+  expected = jax.grad(lambda p: disc_lib.hinge_discriminator_loss(judge(p, video),
+                                                                  judge(p, recon)))(
       params["discriminator"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                after["discriminator"], expected)
   # The VAE's gradient gains 0.5 x that of the generator term.
   generator = jax.grad(lambda p: 0.5 * disc_lib.hinge_generator_loss(judge(
-      params["discriminator"], objective.model.apply({"params": p}, video, sample_rng=KEY)["recon"]))
+      params["discriminator"],
+      objective.model.apply({"params": p}, video, sample_rng=KEY)["recon"]))
   )(params["vae"])
   jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a, b + c, rtol=1e-3, atol=1e-6),
                after["vae"], reference["vae"], generator)
@@ -253,7 +256,8 @@ def test_vae_run_evaluates_and_stores_latent_statistics(vae_workdir):
   assert min(stats["std"]) > 0
   video = video_io.read_video(
       os.path.join(vae_workdir, "reconstructions", f"step_{config.train.num_steps:06d}.mp4"))
-  assert video.shape[0] == config.data.frames and video.shape[2] > video.shape[1] / 4  # side by side
+  assert (video.shape[0] == config.data.frames
+          and video.shape[2] > video.shape[1] / 4)  # side by side
 
 
 def test_dit_normalises_with_the_statistics_stored_by_the_vae(vae_workdir, tmp_path):

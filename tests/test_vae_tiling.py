@@ -20,7 +20,8 @@ def test_tiling_is_exact_for_a_coder_without_spatial_context():
   upsample = lambda z: np.repeat(np.repeat(np.asarray(z) * 2.0, 4, axis=2), 4, axis=3)
   tiled = vae_tiling.code_tiled(upsample, x, tile=4, overlap=2, up=4)
   np.testing.assert_allclose(tiled, upsample(x), rtol=1e-6)
-  pool = lambda v: np.asarray(v).reshape(1, 3, v.shape[2] // 2, 2, v.shape[3] // 2, 2, 4).mean((3, 5))
+  pool = lambda v: np.asarray(v).reshape(
+      1, 3, v.shape[2] // 2, 2, v.shape[3] // 2, 2, 4).mean((3, 5))
   big = np.random.default_rng(1).standard_normal((1, 3, 12, 16, 4)).astype(np.float32)
   np.testing.assert_allclose(vae_tiling.code_tiled(pool, big, tile=6, overlap=2, down=2),
                              pool(big), rtol=1e-5, atol=1e-6)

@@ -14,7 +14,8 @@ DIT_CONFIG = os.path.join(ROOT, "configs/shapes/dit.py")
 
 def tiny_config(path: str, steps: int = 2, **overrides):
   """The config file at `path` shrunk for tests; overrides are {"section.name": value}."""
-  config = configuration.load_config_file(f"{path}:variant=tiny,frames=5,size=16,steps={steps},batch=8")
+  config = configuration.load_config_file(
+      f"{path}:variant=tiny,frames=5,size=16,steps={steps},batch=8")
   config.train.log_every = 1
   config.train.warmup_steps = 1
   config.train.checkpoint_every = 2

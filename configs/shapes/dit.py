@@ -46,8 +46,8 @@ def get_config(arg=None):
   size = f"{arg.size}x{arg.size}:{arg.batch}"
   config.data.buckets = f"{arg.frames}x{size}@3, 1x{size}@1"
   config.data.min_objects = 1
-  # The demo's judged prompts have one object each, and 1-3 objects cost the 1000-step demo its color
-  # accuracy (bench/RESULTS.md); --config.data.max_objects=3 trains on the whole world.
+  # The demo's judged prompts have one object each, and 1-3 objects cost the 1000-step demo its
+  # color accuracy (bench/RESULTS.md); --config.data.max_objects=3 trains on the whole world.
   config.data.max_objects = 1
   config.data.worker_count = 0
   # Share of training captions worded with other words (shapes.REWORDINGS: "a ruby orb sliding

@@ -1,6 +1,6 @@
 """Reading images and videos (Pillow, PyAV) and fitting them to a model's size; writing videos (mp4
-via PyAV, streamed or whole; gif via Pillow) and contact sheets. Every file is written to a temporary
-name and renamed, so an interrupted job never leaves half a file behind."""
+via PyAV, streamed or whole; gif via Pillow) and contact sheets. Every file is written to a
+temporary name and renamed, so an interrupted job never leaves half a file behind."""
 from __future__ import annotations
 
 import os
@@ -18,7 +18,8 @@ def _temporary(path: str) -> str:
 def _check_video(video: np.ndarray) -> np.ndarray:
   video = np.asarray(video)
   if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-    raise ValueError(f"expected a uint8 video of shape (T, H, W, 3), got {video.dtype} {video.shape}")
+    raise ValueError("expected a uint8 video of shape (T, H, W, 3), "
+                     f"got {video.dtype} {video.shape}")
   return video
 
 

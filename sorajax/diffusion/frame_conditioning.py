@@ -73,7 +73,8 @@ def check_probabilities(probabilities: Mapping[str, float], frames: int) -> None
     if not 0.0 <= p <= 1.0:
       raise ValueError(f"probability of frame-conditioning mode {mode!r} is {p}; use [0, 1]")
     if p > 0 and frames < _MIN_FRAMES[mode]:
-      raise ValueError(f"frame-conditioning mode {mode!r} needs {_MIN_FRAMES[mode]}+ latent frames, "
+      raise ValueError(f"frame-conditioning mode {mode!r} needs "
+                       f"{_MIN_FRAMES[mode]}+ latent frames, "
                        f"the clip has {frames}; set its probability to 0 or train longer clips")
   total = sum(probabilities.values())
   if total > 1.0 + 1e-6:
@@ -94,7 +95,8 @@ def sample_given(rng: jax.Array, batch: int, frames: int,
   if not modes:
     return given
   pick_rng, *mode_rngs = jax.random.split(rng, len(modes) + 1)
-  probs = jnp.asarray([probabilities[m] for m in modes] + [1.0 - sum(probabilities[m] for m in modes)])
+  probs = jnp.asarray([probabilities[m] for m in modes]
+                      + [1.0 - sum(probabilities[m] for m in modes)])
   choice = jax.random.categorical(pick_rng, jnp.log(jnp.maximum(probs, 0.0)), shape=(batch,))
   for i, (mode, mode_rng) in enumerate(zip(modes, mode_rngs)):
     given = jnp.where((choice == i)[:, None], MODES[mode](mode_rng, batch, frames), given)

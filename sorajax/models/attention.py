@@ -29,7 +29,8 @@ def _xla(q, k, v, mask):
   # Softmax normalised after the value matmul: the division touches (Lq, head_dim) per head
   # instead of (Lq, Lk), one pass less over the logits forward and backward.
   weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32)
   total = jnp.einsum("bhqk->bqh", weights)[..., None]
   return (out / total).astype(q.dtype)
 

@@ -90,7 +90,8 @@ def _per_frame(params: jax.Array, num_tokens: int) -> jax.Array:
   b, f, d = params.shape
   if f == 1:
     return params
-  return jnp.broadcast_to(params[:, :, None, :], (b, f, num_tokens // f, d)).reshape(b, num_tokens, d)
+  return jnp.broadcast_to(params[:, :, None, :],
+                          (b, f, num_tokens // f, d)).reshape(b, num_tokens, d)
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -161,7 +162,8 @@ class DiTBlock(nn.Module):
     x = layers.constrain(x + gate1 * h, layers.TOKENS)
 
     if not self.joint_text:
-      # Cross-attention is not timestep-modulated (as in PixArt); its zero-init output keeps identity.
+      # Cross-attention is not timestep-modulated (as in PixArt); its zero-init output keeps
+      # identity.
       h = layers.LayerNorm(dtype=self.dtype, name="norm_cross")(x)
       h = layers.Attention(
         self.num_heads,
@@ -193,7 +195,8 @@ class DiT(nn.Module):
   # every token also knows where it is (which frame, how far from the edges).
   positions: str = "rope"
   # Also feed the mean of the text tokens into the adaLN conditioning, next to the time (as SD3 and
-  # HunyuanVideo do with a pooled text vector): global attributes then modulate every block directly.
+  # HunyuanVideo do with a pooled text vector): global attributes then modulate every block
+  # directly.
   pooled_text: bool = False
   # "cross": video tokens cross-attend to the text in every block; "joint": text tokens join the
   # self-attention sequence instead (see DiTBlock).
@@ -255,7 +258,8 @@ class DiT(nn.Module):
       # recomputation with the forward pass.
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
     return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                   in_axes=(nn.broadcast,) * 5, length=self.depth, unroll=self.scan_unroll or self.depth,
+                   in_axes=(nn.broadcast,) * 5, length=self.depth,
+                   unroll=self.scan_unroll or self.depth,
                    metadata_params={nn.PARTITION_NAME: "layers"})
 
   def _grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -336,7 +340,8 @@ class DiT(nn.Module):
     if self.pooled_text:
       weights = context_mask.astype(self.dtype)[:, :, None]
       pooled = (context * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-      pooled = layers.Dense(self.hidden, (None, "mlp"), dtype=self.dtype, name="text_pool_fc1")(pooled)
+      pooled = layers.Dense(self.hidden, (None, "mlp"), dtype=self.dtype,
+                            name="text_pool_fc1")(pooled)
       pooled = layers.Dense(self.hidden, ("mlp", "embed"), dtype=self.dtype,
                             name="text_pool_fc2")(nn.silu(pooled))
       cond = cond + pooled[:, None, :]
@@ -346,7 +351,8 @@ class DiT(nn.Module):
     joint = self.text_attention == "joint"
     text = None
     if joint:  # the text stream, in the DiT's width
-      text = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype, name="text_embed")(context)
+      text = layers.Dense(self.hidden, (None, "embed"), dtype=self.dtype,
+                          name="text_embed")(context)
     carry, context = ((h, text), None) if joint else (h, context)
     carry, _ = self._block_stack()(self.hidden, self.num_heads, self.mlp_ratio, self.attention,
                                    joint, self.dtype, self.context_parallel, int(num_anchor > 0),

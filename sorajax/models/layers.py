@@ -257,7 +257,7 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
 
 
 class TimestepEmbedder(nn.Module):
-  """t in [0, 1] of any shape (...) -> (..., hidden): sinusoid of 1000*t (DiT's range), then an MLP."""
+  """t in [0, 1] of any shape (...) -> (..., hidden): sinusoid of 1000*t (DiT's range), an MLP."""
 
   hidden: int
   frequency_dim: int = 256

@@ -135,7 +135,8 @@ class FrameAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, h, w, c = x.shape
     tokens = layers.GroupNorm(dtype=self.dtype, name="norm")(x).reshape(b * t, h * w, c)
-    out = layers.Attention(self.num_heads, zero_out=True, dtype=self.dtype, name="attention")(tokens)
+    out = layers.Attention(self.num_heads, zero_out=True, dtype=self.dtype,
+                           name="attention")(tokens)
     return x + out.reshape(x.shape).astype(x.dtype)
 
 

@@ -1,8 +1,8 @@
 """Chunked causal coding: encode and decode clips of any length a few latent frames at a time.
 
-The VAE is causal (vae.py), so a clip can be coded in pieces: every causal temporal convolution keeps
-its last kernel_t - 1 input frames in the "cache" collection and reads them as the padding of the
-next piece (layers.CausalConv3D), and norms use per-frame statistics. The first piece is frame 0
+The VAE is causal (vae.py), so a clip can be coded in pieces: every causal temporal convolution
+keeps its last kernel_t - 1 input frames in the "cache" collection and reads them as the padding of
+the next piece (layers.CausalConv3D), and norms use per-frame statistics. The first piece is frame 0
 alone (one latent frame, exactly what an image is); each later piece holds `chunk` latent frames
 (f * chunk video frames), the last one what is left. The result equals one pass over the clip, and
 memory holds one piece's activations plus the caches, however long the clip is.
@@ -41,7 +41,7 @@ class ChunkedCoder:
         lambda p, c, z: _run(vae, vae_lib.CausalVideoVAE.decode, p, c, z, False))
 
   def encode(self, video) -> tuple[jax.Array, jax.Array]:
-    """(B, 1+f*k, H, W, 3) -> (mean, logvar) as `vae.encode` gives them; video may be on the host."""
+    """(B, 1+f*k, H, W, 3) -> (mean, logvar) as `vae.encode` gives them; video may be on host."""
     f = self.vae.temporal_factor
     frames = video.shape[1]
     vae_lib.check_video_shape(frames, *video.shape[2:4], f, self.vae.spatial_factor)
@@ -63,7 +63,8 @@ class ChunkedCoder:
     video, cache = self._decode_first(self.params, jnp.asarray(z[:, :1]))
     yield np.asarray(video)
     for start in range(1, z.shape[1], self.chunk):
-      video, cache = self._decode_next(self.params, cache, jnp.asarray(z[:, start:start + self.chunk]))
+      video, cache = self._decode_next(self.params, cache,
+                                       jnp.asarray(z[:, start:start + self.chunk]))
       yield np.asarray(video)
 
   def decode(self, z) -> np.ndarray:

@@ -36,7 +36,8 @@ def _ramp(length: int, fade: int, inner_left: bool, inner_right: bool) -> np.nda
   return weights
 
 
-def code_tiled(code: Callable, x, tile: int, overlap: int, up: int = 1, down: int = 1) -> np.ndarray:
+def code_tiled(code: Callable, x, tile: int, overlap: int, up: int = 1,
+               down: int = 1) -> np.ndarray:
   """`code(x)` for x (B, T, H, W, C), computed as spatial tiles of tile x tile input pixels.
 
   `code` maps an input tile of side n to an output of side n*up/down (decode: up = the VAE's

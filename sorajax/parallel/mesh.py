@@ -1,7 +1,7 @@
 """Device mesh, logical-axis rules and the sharding helpers built on them.
 
-Model code names axes logically ("embed", "activation_batch", ...); the config maps those names to the
-four mesh axes below. This module is the only place that turns one into the other.
+Model code names axes logically ("embed", "activation_batch", ...); the config maps those names to
+the four mesh axes below. This module is the only place that turns one into the other.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int,
   known = math.prod(s for s in sizes if s != -1)
   if fill:
     if num_devices % known:
-      raise ValueError(f"mesh axes {dict(zip(MESH_AXES, sizes))} do not divide {num_devices} devices")
+      raise ValueError(f"mesh axes {dict(zip(MESH_AXES, sizes))} do not divide "
+                       f"{num_devices} devices")
     sizes[fill[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ValueError(
@@ -89,7 +90,8 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     try:
       dcn = resolve_mesh_shape(dcn_shape, granules)
     except ValueError as e:
-      raise ValueError(f"dcn_mesh: {e} (over {granules} slices, or processes without slices)") from e
+      raise ValueError(f"dcn_mesh: {e} (over {granules} slices, "
+                       "or processes without slices)") from e
     ici = resolve_mesh_shape(shape, len(devices) // granules)
     grid = mesh_utils.create_hybrid_device_mesh(
         ici, dcn, devices, process_is_granule=_slices(devices) == 1)
@@ -100,7 +102,9 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=axis_types)
 
 
-def logical_rules(rules: Sequence[Sequence]) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+def logical_rules(
+  rules: Sequence[Sequence]
+) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
   """Config stores rules as lists (ml_collections/JSON friendly); flax wants tuples."""
   out = []
   for name, target in rules:

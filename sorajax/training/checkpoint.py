@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state and the data iterator, resumed automatically from a workdir.
 
 Load order (written once, here): an existing checkpoint in the workdir -> a fresh initialisation.
-Saving is asynchronous; a preemption signal (when the platform sends one) forces a save at the next step.
+Saving is asynchronous; a preemption signal (when the platform sends one) forces a save at the next
+step.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class Checkpointer:
     return False
 
   def save(self, step: int, state, data_iterators=None) -> bool:
-    """`data_iterators`: {item name: grain iterator}, one per input stream, saved beside the state."""
+    """`data_iterators`: {item name: grain iterator}, one per input stream, saved with the state."""
     items = {"state": ocp.args.StandardSave(state)}
     for name, iterator in (data_iterators or {}).items():
       items[name] = grain.PyGrainCheckpointSave(iterator)
@@ -163,7 +164,7 @@ def leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
 
 
 def describe_mismatch(stored: dict, wanted: dict) -> str | None:
-  """Names the first entry (parameters first) that a checkpoint lacks, has extra or shapes otherwise."""
+  """Names the first entry (parameters first) a checkpoint lacks, has extra or shapes otherwise."""
   for name in sorted(wanted, key=lambda n: (not n.startswith("params"), n)):
     if name not in stored:
       return f"{name} is not in the checkpoint"

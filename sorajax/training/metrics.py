@@ -10,7 +10,7 @@ import jax
 
 
 def is_time(step: int, every: int, last_step: int | None = None) -> bool:
-  """The one rule for periodic work (log, checkpoint, sample): every `every` steps and at the end."""
+  """The one rule for periodic work (log, checkpoint, sample): every `every` steps and the last."""
   return (every > 0 and step % every == 0) or step == last_step
 
 

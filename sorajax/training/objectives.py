@@ -3,7 +3,8 @@
 An objective owns its model(s) and exposes
   tokenizer             None, or what turns captions into tokens in the input pipeline
   init_params(rng)      boxed (logically named) parameters of the trainable model
-  frozen                a pytree of fixed inputs to the loss (e.g. a trained VAE), passed to the step
+  frozen                a pytree of fixed inputs to the loss (e.g. a trained VAE), passed to the
+                        step
   loss(params, frozen, batch, rng, step) -> (scalar loss, dict of scalar metrics)
   model_params(params)  the weights inference needs, out of the trained parameters
   train_flops(bucket)   analytic matmul FLOPs of one training step on a bucket's global batch (0 if

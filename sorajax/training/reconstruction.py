@@ -20,7 +20,7 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
 def psnr(recon: jax.Array, target: jax.Array) -> jax.Array:
-  """Videos (B, ...) in [-1, 1] -> PSNR in dB per clip, (B,); the reconstruction is clipped first."""
+  """Videos (B, ...) in [-1, 1] -> PSNR in dB per clip, (B,), of the clipped reconstruction."""
   error = (jnp.clip(recon, -1.0, 1.0) - target) / 2.0  # on the [0, 1] scale: peak 1
   mse = jnp.mean(jnp.square(error).reshape(error.shape[0], -1), axis=-1)
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-12))
@@ -57,7 +57,8 @@ def ssim(recon: jax.Array, target: jax.Array) -> jax.Array:
   var_y = blur(y * y) - mu_y**2
   cov = blur(x * y) - mu_x * mu_y
   c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
-  index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+  index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1)
+                                                       * (var_x + var_y + c2))
   return jnp.mean(index.reshape(b, -1), axis=-1)
 
 
@@ -77,7 +78,7 @@ def judged_shapes(videos: np.ndarray, prompts) -> dict[str, float]:
 
 
 def side_by_side(originals: np.ndarray, recons: np.ndarray, pad: int = 2) -> np.ndarray:
-  """uint8 (N, T, H, W, 3) pairs -> one video (T, N*(H+pad)-pad, 2*W+pad, 3): original | recon rows."""
+  """uint8 (N, T, H, W, 3) pairs -> a video (T, N*(H+pad)-pad, 2*W+pad, 3) of original | recon."""
   n, t, h, w, _ = originals.shape
   out = np.full((t, n * (h + pad) - pad, 2 * w + pad, 3), 255, np.uint8)
   for i in range(n):

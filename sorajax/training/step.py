@@ -32,7 +32,7 @@ def make_train_step(objective, optimizer, ema_decay: float):
 
 
 def jit_train_step(objective, optimizer, ema_decay: float, shardings, mesh, donate: bool = True):
-  """The step, jitted with explicit shardings (state as given, batch as it comes, rest replicated)."""
+  """The step, jitted with explicit shardings (state as given, batch as it comes, rest copied)."""
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(make_train_step(objective, optimizer, ema_decay),
                  in_shardings=(shardings, None, replicated, replicated),
