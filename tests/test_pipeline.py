@@ -53,3 +53,16 @@ def test_anchor_frames_come_only_from_the_built_in_world():
   with pytest.raises(configuration.ConfigError,
                      match="only data.source='shapes' provides so far, not 'records'"):
     pipeline.make_source(c.data, "train", 0, anchor=True)
+
+
+def test_bounce_phase_reaches_training_clips_only():
+  c = config()
+  assert pipeline.make_source(c.data, "train", 0).bounce_phase == "middle"
+  c.data.bounce_phase = "any"
+  assert pipeline.make_source(c.data, "train", 0).bounce_phase == "any"
+  # Held-out clips stay the ones the judge's references are drawn from.
+  assert pipeline.make_source(c.data, "heldout", 0).bounce_phase == "middle"
+  c.data.bounce_phase = "early"
+  with pytest.raises(configuration.ConfigError,
+                     match="data: unknown bounce_phase 'early'; valid: middle, any"):
+    pipeline.make_source(c.data, "train", 0)

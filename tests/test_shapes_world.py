@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from sorajax.data import shapes
+from sorajax.data import shapes_judge
 
 BLACK = "black"
 
@@ -271,6 +272,49 @@ def test_bouncing_reaches_a_wall_and_comes_back():
     mask = np.abs(video[4].astype(int) - shapes.COLORS["yellow"]).sum(-1) < 300
     profile = mask.any(axis=0) if axis == 0 else mask.any(axis=1)  # columns for x, rows for y
     assert profile[0] or profile[-1]
+
+
+def _bouncing_paths(bounce_phase, seed=0, k=64):
+  rng = np.random.default_rng(seed)
+  sizes = rng.uniform(*shapes.SIZE_RANGE, k) * 32
+  return sizes, shapes.trajectories("bouncing", sizes, frames=9, height=32, width=32, rng=rng,
+                                    bounce_phase=bounce_phase)
+
+
+def test_bouncing_at_any_phase_is_one_round_trip_in_view():
+  sizes, middle = _bouncing_paths("middle")
+  _, any_phase = _bouncing_paths("any")
+  # The same draws before the phase: the same segment between far point and wall, another start.
+  assert (any_phase >= middle.min(axis=1, keepdims=True) - 1e-9).all()
+  assert (any_phase <= middle.max(axis=1, keepdims=True) + 1e-9).all()
+  assert np.abs(any_phase[:, 0] - middle[:, 0]).max() > 1.0
+  np.testing.assert_allclose(any_phase[:, -1], any_phase[:, 0], atol=1e-9)  # ends where it starts
+  assert (any_phase >= 0).all() and (any_phase <= 32 - sizes[:, None, None] + 1e-9).all()
+  # Frame to frame it moves at the world's bouncing pace (slower only at a turn).
+  steps = np.abs(np.diff(any_phase, axis=1)).max(axis=-1)
+  assert steps.max() == pytest.approx(2 * shapes.TRAVEL * 32 / 8)
+  # Starts spread over the round trip, where "middle" always starts at the far point.
+  reach = np.abs(middle - middle[:, :1]).max(axis=(1, 2))
+  start_offset = np.abs(any_phase[:, 0] - middle[:, 0]).max(axis=-1) / reach
+  assert start_offset.min() < 0.2 and start_offset.max() > 0.8
+
+
+def test_bouncing_at_any_phase_reads_as_bouncing():
+  world = _world(bounce_phase="any", max_objects=1, seed=3)
+  assert "bounce_phase='any'" in repr(world) and "bounce_phase" not in repr(_world())
+  for seed in range(12):
+    prompt = _prompt(("green", "circle", "bouncing"))
+    rng = np.random.default_rng(seed)
+    _, placements = shapes.layout(prompt, frames=9, height=32, width=32, rng=rng,
+                                  bounce_phase="any")
+    video = shapes.draw(placements, BLACK, frames=9, height=32, width=32)
+    verdict = shapes_judge.judge_prompt(video, prompt)
+    assert verdict["motion"] and verdict["shape"] and verdict["color"], seed
+
+
+def test_an_unknown_bounce_phase_names_the_valid_ones():
+  with pytest.raises(ValueError, match="unknown bounce_phase 'late'; valid: middle, any"):
+    _world(bounce_phase="late")
 
 
 def test_edges_are_anti_aliased():

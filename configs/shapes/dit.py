@@ -55,6 +55,9 @@ def get_config(arg=None):
   # motion, and a pretrained text encoder can carry that to words no caption uses
   # (evaluate.py's paraphrased prompts; bench/RESULTS.md, issue 8).
   config.data.caption_rewording = 0.5
+  # Where training's bouncing clips start in their round trip (shapes.BOUNCE_PHASES): "middle"
+  # touches the wall at mid-clip; "any" starts anywhere, so the turn at the far end shows too.
+  config.data.bounce_phase = "middle"
   config.data.text_max_length = 24  # the longest 1-object caption takes 18 MiniLM tokens
   # > 0: encode this many training clips once with the frozen VAE and train on those latents
   # (data/latent_cache.py), a quarter less time per DiT step on the demo; 0: encode every batch.

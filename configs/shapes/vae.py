@@ -32,6 +32,9 @@ def get_config(arg=None):
   config.data.width = arg.size
   config.data.min_objects = 1
   config.data.max_objects = 3
+  # Where training's bouncing clips start in their round trip (shapes.BOUNCE_PHASES): "middle"
+  # touches the wall at mid-clip; "any" starts anywhere, so the turn at the far end shows too.
+  config.data.bounce_phase = "middle"
   config.data.worker_count = 0
   config.data.text_max_length = 24  # the longest 3-object caption is 22 tokens
 

@@ -30,10 +30,15 @@ def make_source(data: ml_collections.ConfigDict, split: str, seed: int,
   its video at another time (flow.anchor; `wants_anchor`)."""
   frames, height, width = size or (data.frames, data.height, data.width)
   if data.source == "shapes":
-    return shapes.ShapesWorld(
-        frames=frames, height=height, width=width, split=split,
-        min_objects=data.min_objects, max_objects=data.max_objects, seed=seed,
-        rewording=data.get("caption_rewording", 0.0) if split == "train" else 0.0, anchor=anchor)
+    train = split == "train"  # held-out clips stay those the judge's references are drawn from
+    try:
+      return shapes.ShapesWorld(
+          frames=frames, height=height, width=width, split=split,
+          min_objects=data.min_objects, max_objects=data.max_objects, seed=seed,
+          rewording=data.get("caption_rewording", 0.0) if train else 0.0, anchor=anchor,
+          bounce_phase=data.get("bounce_phase", "middle") if train else "middle")
+    except ValueError as e:
+      raise ConfigError(f"data: {e}") from e
   if anchor:
     raise ConfigError(f"flow.anchor needs an anchor frame per training clip, which only "
                       f"data.source='shapes' provides so far, not {data.source!r}; set "

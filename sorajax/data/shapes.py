@@ -55,6 +55,9 @@ _MOTION_PHRASES = {
 # motion -> (axis, sign); axis 0 is x (grows right), axis 1 is y (grows down).
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}
 _SPLITS = {"train": 0, "heldout": 1}
+# Where a bouncing clip starts in its period (`trajectories`): "middle" touches the wall at
+# mid-clip, "any" at a random point of the clip, so the far end's turn can fall inside it too.
+BOUNCE_PHASES = ("middle", "any")
 
 
 def _check_name(kind: str, name: str, valid) -> None:
@@ -312,13 +315,17 @@ def _progress(frames: int) -> np.ndarray:
 
 
 def trajectories(motion: str, sizes: np.ndarray, *, frames: int, height: int, width: int,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator, bounce_phase: str = "middle") -> np.ndarray:
   """(k, frames, 2) top-left corners for k candidate objects of side `sizes` (k,).
 
   Every path stays inside the frame. Moving objects cross TRAVEL of the frame per clip,
-  whatever the frame count; bouncing ones go TRAVEL towards a wall, touch it at mid-clip
-  and come back.
+  whatever the frame count. Bouncing ones go back and forth between a wall and a point TRAVEL
+  from it, one round trip a clip, so a clip ends where it starts: with bounce_phase="middle" it
+  starts at the far point and touches the wall at mid-clip; with "any" it starts anywhere in
+  the round trip. A minute-long rollout continues the bounce from every point of it, which only
+  "any" shows in training (bench/RESULTS.md, issue 5 twentieth pass).
   """
+  _check_name("bounce_phase", bounce_phase, BOUNCE_PHASES)
   k = len(sizes)
   rows = np.arange(k)
   extent = np.array([width, height], np.float64)
@@ -339,7 +346,10 @@ def trajectories(motion: str, sizes: np.ndarray, *, frames: int, height: int, wi
     excursion = TRAVEL * extent[axis]
     # Start `excursion` away from the wall it heads for; the path is a triangle wave.
     start[rows, axis] = np.where(sign > 0, room[rows, axis] - excursion, excursion)
-    offset[rows, :, axis] = (sign * excursion)[:, None] * (1.0 - np.abs(2.0 * tau - 1.0))
+    # Drawn after the other draws, so "middle" keeps the world's random stream.
+    phase = rng.uniform(0.0, 1.0, k) if bounce_phase == "any" else np.zeros(k)
+    cycle = (tau[None, :] + phase[:, None]) % 1.0  # where each frame is in the round trip
+    offset[rows, :, axis] = (sign * excursion)[:, None] * (1.0 - np.abs(2.0 * cycle - 1.0))
   return start[:, None, :] + offset
 
 
@@ -351,11 +361,12 @@ def _collides(xy: np.ndarray, sizes: np.ndarray, other: Placement, gap: float) -
 
 
 def _place(obj: ObjectSpec, placed: list[Placement], *, frames: int, height: int, width: int,
-           rng: np.random.Generator) -> Placement | None:
+           rng: np.random.Generator, bounce_phase: str = "middle") -> Placement | None:
   """Draws PLACEMENT_TRIES candidates at once and keeps the first that fits, if any."""
   short = min(height, width)
   sizes = rng.uniform(*SIZE_RANGE, PLACEMENT_TRIES) * short
-  xy = trajectories(obj.motion, sizes, frames=frames, height=height, width=width, rng=rng)
+  xy = trajectories(obj.motion, sizes, frames=frames, height=height, width=width, rng=rng,
+                    bounce_phase=bounce_phase)
   blocked = np.zeros(PLACEMENT_TRIES, bool)
   for other in placed:
     blocked |= _collides(xy, sizes, other, GAP * short)
@@ -371,18 +382,20 @@ def _check_size(frames: int, height: int, width: int) -> None:
 
 
 def _layout_once(prompt: Prompt, *, frames: int, height: int, width: int,
-                 rng: np.random.Generator) -> list[Placement]:
+                 rng: np.random.Generator, bounce_phase: str) -> list[Placement]:
   placed = []
   for obj in prompt.objects:
-    placement = _place(obj, placed, frames=frames, height=height, width=width, rng=rng)
+    placement = _place(obj, placed, frames=frames, height=height, width=width, rng=rng,
+                       bounce_phase=bounce_phase)
     if placement is not None:
       placed.append(placement)
   return placed
 
 
 def layout(prompt: Prompt, *, frames: int, height: int, width: int, rng: np.random.Generator,
-           allow_drop: bool = False) -> tuple[Prompt, list[Placement]]:
-  """Places the prompt's objects so that none overlap in any frame.
+           allow_drop: bool = False,
+           bounce_phase: str = "middle") -> tuple[Prompt, list[Placement]]:
+  """Places the prompt's objects so that none overlap in any frame (bounce_phase: `trajectories`).
 
   Objects go in one at a time; when one does not fit, the whole layout starts over (early
   objects often block the rest by bad luck). After LAYOUT_RESTARTS failures the fullest
@@ -392,7 +405,8 @@ def layout(prompt: Prompt, *, frames: int, height: int, width: int, rng: np.rand
   _check_size(frames, height, width)
   best = []
   for _ in range(LAYOUT_RESTARTS):
-    placed = _layout_once(prompt, frames=frames, height=height, width=width, rng=rng)
+    placed = _layout_once(prompt, frames=frames, height=height, width=width, rng=rng,
+                          bounce_phase=bounce_phase)
     if len(placed) > len(best):
       best = placed
     if len(best) == len(prompt.objects):
@@ -487,12 +501,15 @@ class ShapesWorld:
   always a held-out triple (max_objects and min_objects are ignored there). With `anchor`, each
   example also holds "anchor": one frame (1, height, width, 3) of the same scene at another time,
   every object at a place of its own drawn anywhere in the frame (`anchor_frame`).
+  `bounce_phase`: where bouncing clips start in their round trip (`trajectories`).
   """
 
   def __init__(self, *, frames: int, height: int, width: int, split: str = "train",
                max_objects: int = 3, min_objects: int = 1, seed: int = 0,
-               num_examples: int = 1_000_000, rewording: float = 0.0, anchor: bool = False):
+               num_examples: int = 1_000_000, rewording: float = 0.0, anchor: bool = False,
+               bounce_phase: str = "middle"):
     _check_name("split", split, _SPLITS)
+    _check_name("bounce_phase", bounce_phase, BOUNCE_PHASES)
     _check_size(frames, height, width)
     if not 1 <= min_objects <= max_objects <= len(COLORS):
       raise ValueError(f"need 1 <= min_objects <= max_objects <= {len(COLORS)} "
@@ -506,6 +523,7 @@ class ShapesWorld:
       raise ValueError(f"rewording={rewording} must be a share in [0, 1]")
     self.rewording = rewording  # share of captions worded with REWORDINGS (see `reword`)
     self.anchor = anchor
+    self.bounce_phase = bounce_phase
 
   def __len__(self) -> int:
     return self.num_examples
@@ -516,6 +534,7 @@ class ShapesWorld:
             f"split={self.split!r}, min_objects={self.min_objects}, "
             f"max_objects={self.max_objects}, seed={self.seed}, num_examples={self.num_examples}"
             + (f", rewording={self.rewording}" if self.rewording else "")
+            + (f", bounce_phase={self.bounce_phase!r}" if self.bounce_phase != "middle" else "")
             + (", anchor=True)" if self.anchor else ")"))
 
   def _sample_prompt(self, rng: np.random.Generator) -> Prompt:
@@ -538,7 +557,7 @@ class ShapesWorld:
     rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
     prompt = self._sample_prompt(rng)
     return layout(prompt, frames=self.frames, height=self.height, width=self.width, rng=rng,
-                  allow_drop=True)
+                  allow_drop=True, bounce_phase=self.bounce_phase)
 
   def __getitem__(self, index: int) -> dict:
     prompt, placements = self.scene(index)
