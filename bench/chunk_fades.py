@@ -50,7 +50,7 @@ def fades(extend, prompts, placements: int, samples: int, phase_step: int, frame
     row = []
     for seed in range(400, 400 + placements):
       clip = shapes.render_prompt(prompt, frames, size, size, seed)
-      minute = np.concatenate([clip[:-1]] * -(-(2 * period + context_frames) // period))
+      minute = shapes.on_repeat(clip, 2 * period + context_frames)
       for phase in range(0, period, phase_step):
         # From the minute's start, so that the anchor is its first frame, as in a rollout.
         shown = np.repeat(minute[None, :phase + context_frames], samples, axis=0)

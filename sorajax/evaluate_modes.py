@@ -254,7 +254,7 @@ def true_minute_kept(generator, chunk, prompts, total: int, placements: int = 1)
     for seed in range(400, 400 + placements):  # one at a time: a video's frames are all held here
       # Seed 400 is the loop mode's first clip, so both references judge the same clip.
       clip = shapes.render_prompt(prompt, chunk.frames, chunk.height, chunk.width, seed)
-      video = np.concatenate([clip[:-1]] * -(-coded_frames // window))[:coded_frames]
+      video = shapes.on_repeat(clip, coded_frames)
       video = generator.decode(generator.encode(video[None]))[0, :total]
       kept.extend(_window_verdict(video[start:start + window + 1], prompt) == "kept"
                   for start in range(0, total - window, window))

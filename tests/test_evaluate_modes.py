@@ -125,7 +125,7 @@ class _Coder:
 
 def _on_repeat(obj: shapes.ObjectSpec, frames: int) -> np.ndarray:
   clip = shapes.render_prompt(shapes.Prompt((obj,), "black"), 9, 32, 32, 5)
-  return np.concatenate([clip[:-1]] * -(-frames // 8))[:frames]
+  return shapes.on_repeat(clip, frames)
 
 
 def test_rollout_measures_each_side_on_known_minutes(monkeypatch):

@@ -274,6 +274,17 @@ def test_bouncing_reaches_a_wall_and_comes_back():
     assert profile[0] or profile[-1]
 
 
+def test_a_bouncing_clip_on_repeat_is_seamless():
+  clip = shapes.render_prompt(_prompt(("yellow", "square", "bouncing")), 9, 32, 32, seed=2)
+  video = shapes.on_repeat(clip, 30)
+  assert video.shape == (30, 32, 32, 3)
+  for t in (0, 7, 8, 16, 29):  # frame t is the clip's frame t mod 8, across every seam
+    np.testing.assert_array_equal(video[t], clip[t % 8])
+  # Across the seam the step is the clip's own last step, since the clip ends where it starts.
+  seam = np.abs(video[8].astype(int) - video[7]).mean()
+  assert seam == pytest.approx(np.abs(clip[8].astype(int) - clip[7]).mean(), abs=0.5)
+
+
 def _bouncing_paths(bounce_phase, seed=0, k=64):
   rng = np.random.default_rng(seed)
   sizes = rng.uniform(*shapes.SIZE_RANGE, k) * 32

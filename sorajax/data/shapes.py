@@ -489,6 +489,13 @@ def render_prompt(prompt: Prompt, frames: int, height: int, width: int,
                 rng=np.random.default_rng(seed))
 
 
+def on_repeat(clip: np.ndarray, frames: int) -> np.ndarray:
+  """The first `frames` frames of `clip` played on repeat: a still or bouncing clip ends where it
+  starts, so its frames but the last, looped, make its true video of any length."""
+  period = len(clip) - 1
+  return np.concatenate([clip[:-1]] * -(-frames // period))[:frames]
+
+
 # ---------------------------------------------------------------------------
 # The dataset.
 # ---------------------------------------------------------------------------
