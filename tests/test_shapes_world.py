@@ -283,6 +283,8 @@ def test_a_bouncing_clip_on_repeat_is_seamless():
   # Across the seam the step is the clip's own last step, since the clip ends where it starts.
   seam = np.abs(video[8].astype(int) - video[7]).mean()
   assert seam == pytest.approx(np.abs(clip[8].astype(int) - clip[7]).mean(), abs=0.5)
+  with pytest.raises(ValueError, match="1 frame"):
+    shapes.on_repeat(clip[:1], 30)
 
 
 def _bouncing_paths(bounce_phase, seed=0, k=64):

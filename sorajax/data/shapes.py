@@ -493,6 +493,8 @@ def on_repeat(clip: np.ndarray, frames: int) -> np.ndarray:
   """The first `frames` frames of `clip` played on repeat: a still or bouncing clip ends where it
   starts, so its frames but the last, looped, make its true video of any length."""
   period = len(clip) - 1
+  if period < 1:
+    raise ValueError(f"a clip of {len(clip)} frame(s) has no motion to repeat; give 2 or more")
   return np.concatenate([clip[:-1]] * -(-frames // period))[:frames]
 
 
