@@ -1,5 +1,10 @@
 """Multi-process jobs through launch/local.py and checkpoints resumed on another mesh and device
-count. Each run is a subprocess: the device count is fixed when jax starts."""
+count. Each run is a subprocess: the device count is fixed when jax starts.
+
+The runs are few and shared, for speed: one single-process run is the reference the others are
+checked against, and both resumed runs use one 4-device mesh and step count, so the second finds
+its program in the test run's compilation cache.
+"""
 import os
 import shutil
 import subprocess
@@ -7,10 +12,14 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 from tiny import ROOT, VAE_CONFIG
+
+# The resumed runs' mesh: 4 devices, another layout than any run they resume.
+_RESUMED_MESH = ["--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 
 
 def _tiny_vae(steps=4):
@@ -30,37 +39,58 @@ def _run(argv, devices=8, timeout=600):
   return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _two_processes(argv):
+  return [sys.executable, "launch/local.py", "--processes", "2", "--devices_per_process", "4",
+          "--", *argv]
+
+
 def _params(workdir):
   mesh = mesh_lib.make_mesh({"data": -1})
   return jax.device_get(objectives.restore_inference_params(workdir, mesh)[1])
 
 
+def _losses(output, prefix=""):
+  return [line.split("| loss ")[1].split()[0] for line in output.splitlines()
+          if line.startswith(f"{prefix}step ") and "| loss " in line]
+
+
+# Session scope: once per xdist worker (a module fixture is rebuilt when the worker runs another
+# module in between); a second worker's run finds its programs in the compilation cache.
+@pytest.fixture(scope="session")
+def one_process(tmp_path_factory):
+  """(workdir, stdout) of 4 steps on one process with 8 devices, tensor x data parallel;
+  checkpoints at steps 2 and 4."""
+  workdir = str(tmp_path_factory.mktemp("one_process"))
+  run = _run(_tiny_vae() + ["--config.mesh.tensor=2", "--config.mesh.data=4",
+                            f"--workdir={workdir}"])
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert len(_losses(run.stdout)) == 4
+  return workdir, run.stdout
+
+
 def test_two_process_job_trains_checkpoints_and_resumes_on_one_process(tmp_path):
   workdir = str(tmp_path / "vae")
   # Data parallel across the processes as across slices (DCN), FSDP within each (ICI).
-  job = _run([sys.executable, "launch/local.py", "--processes", "2", "--devices_per_process", "4",
-              "--", *_tiny_vae(), "--config.dcn_mesh.data=2", "--config.mesh.data=1",
-              "--config.mesh.fsdp=4", f"--workdir={workdir}"])
+  job = _run(_two_processes(_tiny_vae(steps=2) + [
+      "--config.dcn_mesh.data=2", "--config.mesh.data=1", "--config.mesh.fsdp=4",
+      f"--workdir={workdir}"]))
   assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-  assert "[0] step 4/4" in job.stdout and "[1] " in job.stdout
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  # The same checkpoint on one process with 4 devices, FSDP over 2 of them: it continues.
-  resumed = _run(_tiny_vae(steps=6) + ["--config.mesh.fsdp=2", f"--workdir={workdir}"], devices=4)
+  assert "[0] step 2/2" in job.stdout and "[1] " in job.stdout
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+  # The same checkpoint on one process with 4 devices and another mesh: it continues.
+  resumed = _run(_tiny_vae() + _RESUMED_MESH + [f"--workdir={workdir}"], devices=4)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from step 4" in resumed.stdout and "step 6/6" in resumed.stdout
+  assert "resumed from step 2" in resumed.stdout and "step 4/4" in resumed.stdout
   assert "data streams start afresh" in resumed.stderr
 
 
-def test_saved_on_8_devices_resumed_on_4_with_another_mesh(tmp_path):
-  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  first = _run(_tiny_vae() + ["--config.mesh.fsdp=8", f"--workdir={straight}"])
-  assert first.returncode == 0, first.stderr[-3000:]
+def test_saved_on_8_devices_resumed_on_4_with_another_mesh(one_process, tmp_path):
+  straight, split = one_process[0], str(tmp_path / "split")
   # The straight run's checkpoint at step 2 (model and data stream), alone in another workdir,
   # continued to step 4 on 4 devices with another mesh.
   step_2 = os.path.join("checkpoints", "2")
   shutil.copytree(os.path.join(straight, step_2), os.path.join(split, step_2))
-  rest = _run(_tiny_vae() + ["--config.mesh.fsdp=2", "--config.mesh.tensor=2",
-                             f"--workdir={split}"], devices=4)
+  rest = _run(_tiny_vae() + _RESUMED_MESH + [f"--workdir={split}"], devices=4)
   assert rest.returncode == 0, rest.stderr[-3000:]
   assert "resumed from step 2" in rest.stdout and "start afresh" not in rest.stderr
   # One process throughout, so the data stream resumed too: the weights match the straight run's
@@ -75,20 +105,10 @@ def test_saved_on_8_devices_resumed_on_4_with_another_mesh(tmp_path):
   assert np.linalg.norm(difference) <= 1e-4 * np.linalg.norm(flat(reference))
 
 
-def _losses(output, prefix=""):
-  return [line.split("| loss ")[1].split()[0] for line in output.splitlines()
-          if line.startswith(f"{prefix}step ") and "| loss " in line]
-
-
-def test_processes_that_share_batch_rows_read_the_same_examples(tmp_path):
+def test_processes_that_share_batch_rows_read_the_same_examples(one_process, tmp_path):
   """Tensor parallelism across the two processes: both hold every batch row, so both must read
   the same share of the data; the losses then equal one process's on the same mesh shape."""
-  job = _run([sys.executable, "launch/local.py", "--processes", "2", "--devices_per_process", "4",
-              "--", *_tiny_vae(steps=2), "--config.dcn_mesh.tensor=2", "--config.mesh.data=4",
-              f"--workdir={tmp_path / 'two'}"])
+  job = _run(_two_processes(_tiny_vae() + [
+      "--config.dcn_mesh.tensor=2", "--config.mesh.data=4", f"--workdir={tmp_path / 'two'}"]))
   assert job.returncode == 0, job.stdout[-3000:]
-  one = _run(_tiny_vae(steps=2) + ["--config.mesh.tensor=2", "--config.mesh.data=4",
-                                   f"--workdir={tmp_path / 'one'}"])
-  assert one.returncode == 0, one.stderr[-3000:]
-  assert len(_losses(one.stdout)) == 2
-  assert _losses(job.stdout, "[0] ") == _losses(one.stdout)
+  assert _losses(job.stdout, "[0] ") == _losses(one_process[1])
