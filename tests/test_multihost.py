@@ -22,7 +22,7 @@ from tiny import ROOT, VAE_CONFIG
 _RESUMED_MESH = ["--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 
 
-def _tiny_vae(steps=4):
+def _tiny_vae(steps=6):
   """The trainer's command for the tiny VAE; it evaluates and measures latent statistics on one
   batch of clips (the defaults, 64 and 256 clips, only cost time here)."""
   return [sys.executable, "-m", "sorajax.train",
@@ -58,41 +58,41 @@ def _losses(output, prefix=""):
 # module in between); a second worker's run finds its programs in the compilation cache.
 @pytest.fixture(scope="session")
 def one_process(tmp_path_factory):
-  """(workdir, stdout) of 4 steps on one process with 8 devices, tensor x data parallel;
-  checkpoints at steps 2 and 4."""
+  """(workdir, stdout) of 6 steps on one process with 8 devices, tensor x data parallel;
+  checkpoints at steps 4 and 6 are kept."""
   workdir = str(tmp_path_factory.mktemp("one_process"))
   run = _run(_tiny_vae() + ["--config.mesh.tensor=2", "--config.mesh.data=4",
                             f"--workdir={workdir}"])
   assert run.returncode == 0, run.stderr[-3000:]
-  assert len(_losses(run.stdout)) == 4
+  assert len(_losses(run.stdout)) == 6
   return workdir, run.stdout
 
 
 def test_two_process_job_trains_checkpoints_and_resumes_on_one_process(tmp_path):
   workdir = str(tmp_path / "vae")
   # Data parallel across the processes as across slices (DCN), FSDP within each (ICI).
-  job = _run(_two_processes(_tiny_vae(steps=2) + [
+  job = _run(_two_processes(_tiny_vae(steps=4) + [
       "--config.dcn_mesh.data=2", "--config.mesh.data=1", "--config.mesh.fsdp=4",
       f"--workdir={workdir}"]))
   assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-  assert "[0] step 2/2" in job.stdout and "[1] " in job.stdout
-  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+  assert "[0] step 4/4" in job.stdout and "[1] " in job.stdout
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
   # The same checkpoint on one process with 4 devices and another mesh: it continues.
   resumed = _run(_tiny_vae() + _RESUMED_MESH + [f"--workdir={workdir}"], devices=4)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from step 2" in resumed.stdout and "step 4/4" in resumed.stdout
+  assert "resumed from step 4" in resumed.stdout and "step 6/6" in resumed.stdout
   assert "data streams start afresh" in resumed.stderr
 
 
 def test_saved_on_8_devices_resumed_on_4_with_another_mesh(one_process, tmp_path):
   straight, split = one_process[0], str(tmp_path / "split")
-  # The straight run's checkpoint at step 2 (model and data stream), alone in another workdir,
-  # continued to step 4 on 4 devices with another mesh.
-  step_2 = os.path.join("checkpoints", "2")
-  shutil.copytree(os.path.join(straight, step_2), os.path.join(split, step_2))
+  # The straight run's checkpoint at step 4 (model and data stream), alone in another workdir,
+  # continued to step 6 on 4 devices with another mesh.
+  step_4 = os.path.join("checkpoints", "4")
+  shutil.copytree(os.path.join(straight, step_4), os.path.join(split, step_4))
   rest = _run(_tiny_vae() + _RESUMED_MESH + [f"--workdir={split}"], devices=4)
   assert rest.returncode == 0, rest.stderr[-3000:]
-  assert "resumed from step 2" in rest.stdout and "start afresh" not in rest.stderr
+  assert "resumed from step 4" in rest.stdout and "start afresh" not in rest.stderr
   # One process throughout, so the data stream resumed too: the weights match the straight run's
   # up to the float reordering of other shardings. (Adam turns that reordering into updates of
   # up to ~2e-5 on biases whose gradients are nearly zero; another batch would move every weight
