@@ -2,7 +2,7 @@ r"""One rollout chunk from the world's own frames: how often a chunk drops or mi
 its context shows, per in-view held-out prompt and per phase of the clip the context starts at.
 
   python bench/chunk_fades.py --workdir RUN [--placements 2] [--samples 16] [--phase_step 2]
-      [--guidance 2.5] [--anchor | --no-anchor]
+      [--guidance 2.5] [--temperature 0.8] [--anchor | --no-anchor]
 
 A minute-long rollout is a chain of chunks, each given the last latent frames of the one before
 (prompting.rollout); one chunk that lets its object fade hands an emptier context on, and the
@@ -27,6 +27,7 @@ from sorajax import evaluate_modes
 from sorajax import prompting
 from sorajax.data import shapes
 from sorajax.data import shapes_judge
+from sorajax.diffusion.samplers import check_temperature
 from sorajax.generation import VideoGenerator
 
 
@@ -73,6 +74,9 @@ def main():
                       help="frames between the context starts tried in the clip's period")
   parser.add_argument("--guidance", type=float, default=None,
                       help="default: the run's sample.rollout_guidance")
+  parser.add_argument("--temperature", type=float, default=None,
+                      help="noise scale of each chunk (default: the run's "
+                           "sample.rollout_temperature, as a rollout's later chunks)")
   parser.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=None,
                       help="show the minute's first frame (default: if the run trained so)")
   args = parser.parse_args()
@@ -86,10 +90,17 @@ def main():
   guidance = (prompting.default_rollout_guidance(generator) if args.guidance is None
               else args.guidance)
   anchored = generator.objective.anchor > 0 if args.anchor is None else args.anchor
+  temperature = (prompting.default_rollout_temperature(generator) if args.temperature is None
+                 else args.temperature)
+  try:
+    check_temperature(temperature, "--temperature")
+  except ValueError as e:
+    parser.error(str(e))
 
   def extend(clips, caption, seeds):
     return prompting.extend(generator, clips, [caption] * len(clips), seeds, chunk.factor,
-                            chunk=chunk, anchor=anchored, guidance=guidance)
+                            chunk=chunk, anchor=anchored, guidance=guidance,
+                            temperature=temperature)
 
   prompts = [p for p in shapes.held_out_prompts("black") if evaluate_modes.in_view(p)]
   start = time.perf_counter()
@@ -98,7 +109,8 @@ def main():
                        chunk.frames, chunk.height,
                        chunk.video_frames(chunk.latents - 1, first=True))
   total = sum(counts.values())
-  print(json.dumps({"workdir": args.workdir, "guidance": guidance, "anchor": anchored,
+  print(json.dumps({"workdir": args.workdir, "guidance": guidance, "temperature": temperature,
+                    "anchor": anchored,
                     "chunks": total, "seconds": round(time.perf_counter() - start),
                     "lost": counts["lost"] / total, "misshaped": counts["misshaped"] / total}))
   print("\n".join(rows))

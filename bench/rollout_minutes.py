@@ -2,7 +2,8 @@ r"""Minute-long rollouts of the prompts that stay in view, several seeds each, j
 window: the count behind issue 5's rollout tables in bench/RESULTS.md.
 
   python bench/rollout_minutes.py --workdir runs/demo/dit [--seeds 4] [--no-seen]
-      [--sampler dpm_solver_2m] [--steps 30] [--guidance 4] [--context 1] [--refresh 0.5]
+      [--sampler dpm_solver_2m] [--steps 30] [--guidance 4] [--temperature 0.8] [--context 1]
+      [--refresh 0.5]
       [--anchor | --no-anchor] [--traces]
 
 Rolls out the held-out prompts whose object stays in view for a minute (standing still or
@@ -37,6 +38,9 @@ def main():
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--guidance", type=float, default=None,
                       help="default: the run's sample.rollout_guidance")
+  parser.add_argument("--temperature", type=float, default=None,
+                      help="noise scale of chunks after the first (default: the run's "
+                           "sample.rollout_temperature)")
   parser.add_argument("--context", type=int, default=None,
                       help="latent frames carried into each chunk (default: prompting's)")
   parser.add_argument("--refresh", type=float, default=None,
@@ -58,6 +62,7 @@ def main():
     parser.error(str(e))
   settings = {name: value for name, value in (("sampler", args.sampler), ("steps", args.steps),
                                               ("guidance", args.guidance),
+                                              ("temperature", args.temperature),
                                               ("context", args.context),
                                               ("anchor", args.anchor))
               if value is not None}

@@ -114,6 +114,7 @@ def main(argv):
     prompting.check_refresh(prompting.default_refresh(generator) if _ROLLOUT_REFRESH.value is None
                             else _ROLLOUT_REFRESH.value, "--rollout_refresh")
     evaluate_modes.check_rollout_seeds(_ROLLOUT_SEEDS.value, "--rollout_seeds")
+    prompting.default_rollout_temperature(generator)
     if _GUIDANCE.value is None:
       prompting.default_loop_guidance(generator)
       prompting.default_rollout_guidance(generator)

@@ -301,6 +301,8 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
     refresh = prompting.default_refresh(generator)
   if settings.get("guidance") is None:
     settings = {**settings, "guidance": prompting.default_rollout_guidance(generator)}
+  if settings.get("temperature") is None:
+    settings = {**settings, "temperature": prompting.default_rollout_temperature(generator)}
   videos_of = [p for _ in range(seeds) for p in prompts]  # seed i + r * len(prompts): r-th repeat
   asked = len(videos_of)
   seeds_of = list(range(asked))
@@ -355,6 +357,7 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                       "seam_over_median_step": float(np.median(seams) / max(
                           float(np.median(inside)), 1.0)) if seams and inside else float("nan"),
                       "refresh": refresh, "guidance": float(settings["guidance"]),
+                      "temperature": float(settings["temperature"]),
                       "reference_windows_in_view": true_minute_kept(generator, chunk, prompts,
                                                                     total, seeds)},
           "videos": list(np.concatenate([firsts, lasts], axis=1)),

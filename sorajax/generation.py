@@ -73,10 +73,10 @@ class VideoGenerator:
       self._prompts_dir = directory if writable and jax.process_index() == 0 else None
       self._prompts_tag = f"sampling-{uuid.uuid4().hex[:12]}"  # one file per generator
 
-  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
+  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12, 13))
   def _generate(self, params, frozen, prompt, null_prompt, latent_shape, sampler, steps, guidance,
-                shift, stage_frames, start, given_time, seeds, given, given_latents, source,
-                anchor):
+                shift, stage_frames, start, given_time, temperature, seeds, given, given_latents,
+                source, anchor):
     """`prompt` and `null_prompt`: (text embeddings, mask) of the captions and of the empty one;
     `anchor` (n, 1, h, w, C) or None, shown to both."""
     def noise(stage):  # sample i's first stage draws from key(seed_i), later ones from folds of it
@@ -108,7 +108,8 @@ class VideoGenerator:
       out = solve(velocity, x, steps, guidance, shift, held, seen, first, given_time)
       return jnp.where(held.reshape(held.shape + (1,) * (out.ndim - 2)), clean, out)
 
-    x = first_noise = noise(0)
+    first_noise = noise(0)
+    x = temperature * first_noise
     if source is not None:  # an edit starts from the source clip noised to the start time
       x = flow.interpolate(source, x,
                            jnp.full(x.shape[:1], samplers.time_grid(steps, shift)[start]))
@@ -118,7 +119,7 @@ class VideoGenerator:
       if given is not None:
         staged = staged | given
       fresh = noise(stage)  # the stage starts from it and shows its given frames noised by it
-      latents = solve_around(fresh, fresh, staged, latents)
+      latents = solve_around(temperature * fresh, fresh, staged, latents)
     return latents
 
   def encode(self, videos: np.ndarray) -> jax.Array:
@@ -141,15 +142,16 @@ class VideoGenerator:
                      sampler: str | None = None, given: np.ndarray | None = None,
                      given_latents: jax.Array | None = None, source: jax.Array | None = None,
                      strength: float = 1.0, given_noise: float | None = None,
-                     anchor: jax.Array | None = None) -> jax.Array:
+                     anchor: jax.Array | None = None, temperature: float = 1.0) -> jax.Array:
     """Unit-scale latents (N, *latent_shape), one per (caption, seed) pair.
 
     `given` (N, T) bool with `given_latents` (N, *latent_shape) holds those latent frames fixed,
     shown to the model noised to the time `given_noise` (at most the run's flow.given_noise) and
     returned clean; `source` latents with `strength` < 1 start from the source noised part of the
     way (SDEdit). `anchor` (N, 1, h, w, C): a clean latent frame of the same video at another
-    time (a rollout's first frame), for runs trained with flow.anchor > 0. Unset settings take the
-    run's `config.sample` values.
+    time (a rollout's first frame), for runs trained with flow.anchor > 0. `temperature` in
+    (0, 1] scales the noise sampling starts from: below 1 draws closer to the most likely clip,
+    with less variety between seeds. Unset settings take the run's `config.sample` values.
     """
     if len(captions) != len(seeds):
       raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
@@ -171,6 +173,10 @@ class VideoGenerator:
       raise ConfigError(str(e)) from e
     if start and source is None:
       raise ValueError("strength < 1 edits a source clip; pass source latents")
+    try:
+      samplers.check_temperature(temperature)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
     if given_noise is None:
       given_noise = self.config.sample.get("given_noise", 0.0)
     self.check_given_noise(given_noise)
@@ -190,7 +196,7 @@ class VideoGenerator:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return self._generate(self.params, self.frozen, prompt, null_prompt,
                             tuple(latent_shape), sampler, steps, float(guidance), shift,
-                            int(stage_frames), start, float(given_noise),
+                            int(stage_frames), start, float(given_noise), float(temperature),
                             jnp.asarray(seeds, jnp.uint32), given,
                             given_latents, source, anchor)
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sorajax.data import video_io
-from sorajax.diffusion.samplers import MAX_GUIDANCE
+from sorajax.diffusion.samplers import MAX_GUIDANCE, check_temperature
 
 EDIT_STRENGTH = 0.7  # an edit's default: keeps the layout, lets colors and shapes follow the prompt
 MODES = ("text", "image", "animate", "extend", "extend_back", "connect", "loop", "edit", "rollout")
@@ -394,6 +394,13 @@ def default_rollout_guidance(generator) -> float:
   return _mode_guidance(generator, "rollout_guidance")
 
 
+def default_rollout_temperature(generator) -> float:
+  """The run's sample.rollout_temperature (1 in runs saved before it), checked."""
+  temperature = float(generator.config.sample.get("rollout_temperature", 1.0))
+  check_temperature(temperature, "sample.rollout_temperature")
+  return temperature
+
+
 def loop_guidance(generator, strength: float, guidance: float | None = None) -> float:
   """The guidance a loop samples at: `guidance` if given; else the run's loop guidance for a
   mend of the clip's end (strength < 1), and its sample.guidance for frames drawn from noise."""
@@ -431,7 +438,7 @@ def check_refresh(refresh: float, name: str = "refresh") -> None:
 def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | None = None,
             context: int | None = None, chunk: Chunk | None = None, carry: str = "latents",
             refresh: float | None = None, anchor: bool | None = None,
-            **settings) -> Iterator[np.ndarray]:
+            temperature: float | None = None, **settings) -> Iterator[np.ndarray]:
   """Yields uint8 pieces (N, t, H, W, 3) of videos `total_frames` long, first to last.
 
   The first chunk comes from text (or animates `images`); each later one is given the last
@@ -459,6 +466,12 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   Every chunk samples at the guidance in `settings`, default the run's sample.rollout_guidance:
   a rollout's later chunks are given what the objects look like, and strong guidance pulls an
   unseen combination towards the seen ones its words share, chunk after chunk.
+
+  Later chunks start from their noise scaled by `temperature` (default: the run's
+  sample.rollout_temperature, 1 for runs saved before it); the first chunk keeps the full noise,
+  so seeds still differ. A continuation has one right answer, what its context already shows;
+  full noise redraws the objects' look in every chunk, and over a minute some draws cross to
+  another shape (bench/RESULTS.md, issue 5 twenty-fourth pass).
   """
   check_captions(captions, seeds)
   if carry not in ("latents", "frames"):
@@ -473,6 +486,9 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
   if total_frames < 1:
     raise ValueError(f"total_frames={total_frames} must be at least 1")
   anchor = _wants_anchor(generator, anchor)
+  if temperature is None:
+    temperature = default_rollout_temperature(generator)
+  check_temperature(temperature)
   if settings.get("guidance") is None:
     settings = {**settings, "guidance": default_rollout_guidance(generator)}
   if images is None:
@@ -495,11 +511,12 @@ def rollout(generator, captions, seeds, total_frames: int, images: np.ndarray | 
     seeds_now = _chunk_seeds(seeds, index)
     if carry == "frames":
       piece = _extend_chunk(generator, chunk, decoded[:, -keep:], captions, seeds_now, context,
-                            backward=False, **settings)
+                            backward=False, temperature=temperature, **settings)
       decoded = np.concatenate([decoded[:, -keep:], piece], axis=1)
       continue
     latents = _conditioned(generator, chunk, captions, seeds_now, given,
-                           {0: _context_latents(generator, decoded, latents, context)}, **settings)
+                           {0: _context_latents(generator, decoded, latents, context)},
+                           temperature=temperature, **settings)
     if refresh:  # nothing held: the context frames are redrawn too, and carried on as redrawn
       latents = generator.sample_latents(list(captions), _refresh_seeds(seeds_now),
                                          chunk.latent_shape, source=latents, strength=refresh,

@@ -44,6 +44,10 @@ _REFRESH = flags.DEFINE_float(
     "refresh", None, "rollout: redraw each later chunk from this far towards noise under the "
     "prompt, [0, 1): larger keeps shapes longer, with larger steps between chunks and "
     "refresh x steps more sampler steps per chunk (default: the run's sample.rollout_refresh).")
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature", None, "rollout: scale of the noise every chunk after the first starts from, "
+    "(0, 1]: lower keeps the objects' look steadier from chunk to chunk; the first chunk keeps "
+    "the full noise (default: the run's sample.rollout_temperature).")
 _ANCHOR = flags.DEFINE_boolean(
     "anchor", None, "rollout: show every later chunk the video's first frame as an anchor frame; "
     "extend, extend_back: show every chunk the input clip's first frame (default: on for runs "
@@ -143,7 +147,7 @@ def _rollout(generator, captions, seeds, settings, stems) -> list[int]:
   try:
     for piece in prompting.rollout(generator, captions, seeds, total, context=_CONTEXT.value,
                                    chunk=chunk, refresh=_REFRESH.value, anchor=_ANCHOR.value,
-                                   **settings):
+                                   temperature=_TEMPERATURE.value, **settings):
       for writer, video in zip(writers, piece):
         writer.write(video)
       print(f"{writers[0].frames}/{total} frames", flush=True)

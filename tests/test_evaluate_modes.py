@@ -74,6 +74,7 @@ def test_every_mode_runs_and_reports_its_measures(dit_workdir):
   assert rollout["windows"] == 3  # 9-frame windows, 8 frames apart
   assert rollout["refresh"] == generator.config.sample.rollout_refresh
   assert rollout["guidance"] == generator.config.sample.rollout_guidance
+  assert rollout["temperature"] == generator.config.sample.rollout_temperature
   assert np.isfinite(rollout["seam_over_median_step"]) and rollout["seam_over_median_step"] > 0
   # Two minutes per prompt, each from its own seed; a whole video adds 1 to the windows' mean.
   videos = results["rollout"]["videos"]
@@ -148,7 +149,8 @@ def test_rollout_measures_each_side_on_known_minutes(monkeypatch):
     yield np.stack([videos[c] for c in captions])
 
   monkeypatch.setattr(prompting, "rollout", known_minutes)
-  guided = {"guidance": 3.0}  # a stand-in generator has no run to take its default from
+  # A stand-in generator has no run to take the defaults from.
+  guided = {"guidance": 3.0, "temperature": 0.7}
   chunk = types.SimpleNamespace(frames=9, height=32, width=32, factor=4,
                                 video_frames=lambda latents, first: 1 + 4 * (latents - 1))
   prompts = [shapes.Prompt((triangle,), "black"), shapes.Prompt((mover,), "black")]
@@ -162,6 +164,7 @@ def test_rollout_measures_each_side_on_known_minutes(monkeypatch):
   # The seen counterpart (the green triangle bouncing) runs on its partner's seed, 0.
   assert asked[0][1] == [0, 1, 0] and asked[0][0][2].startswith("a green triangle bouncing")
   assert metrics["guidance"] == guided["guidance"]
+  assert metrics["temperature"] == guided["temperature"]
   assert metrics["windows"] == 9  # 80 frames: windows start every 8 frames up to frame 64
   assert metrics["first_sixth_in_view"] == 1.0 and metrics["last_sixth_in_view"] == 0.0
   assert metrics["misshaped_in_view"] == 1.0  # the lost windows still show a red object

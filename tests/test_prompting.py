@@ -271,6 +271,51 @@ def test_rollout_shows_every_later_chunk_its_first_frame_as_the_anchor(generator
     generator.objective.anchor = 0.5
 
 
+def test_rollout_draws_later_chunks_at_its_temperature(generator, calls):
+  chunk = prompting.Chunk(generator, frames=9)
+  caption, seeds = ["a red square moving down"], [5]
+  list(prompting.rollout(generator, caption, seeds, 17, chunk=chunk, refresh=0.0,
+                         temperature=0.3, **STEPS))
+  first, *later = calls
+  # The first chunk keeps the full noise, so seeds still give different videos.
+  assert first.get("temperature", 1.0) == 1.0 and len(later) == 2
+  assert [call["temperature"] for call in later] == [0.3, 0.3]
+  cool = later[0]["out"]
+  calls.clear()
+  list(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, refresh=0.0, **STEPS))
+  default = generator.config.sample.rollout_temperature
+  assert default != 0.3 and calls[-1]["temperature"] == default  # the run's, unless asked
+  assert float(jnp.abs(calls[-1]["out"][:, 2:] - cool[:, 2:]).max()) > 1e-6
+  with pytest.raises(ValueError, match=r"temperature=0.0 is out of range; use \(0, 1\]"):
+    next(prompting.rollout(generator, caption, seeds, 13, chunk=chunk, temperature=0.0))
+
+
+def test_rollout_temperature_defaults_to_one_in_runs_saved_before_it():
+  def run(**sample):
+    return types.SimpleNamespace(config=ml_collections.ConfigDict({"sample": sample}))
+  assert prompting.default_rollout_temperature(run(rollout_temperature=0.8)) == 0.8
+  assert prompting.default_rollout_temperature(run(guidance=4.0)) == 1.0
+  with pytest.raises(ValueError, match=r"sample.rollout_temperature=1.5 is out of range"):
+    prompting.default_rollout_temperature(run(rollout_temperature=1.5))
+
+
+def test_temperature_scales_the_noise_sampling_starts_from(generator, monkeypatch):
+  chunk = prompting.Chunk(generator)
+  # A stand-in model that never moves, so sampling returns the point it starts from (steps=7,
+  # used by no other test, keeps the sampler from reusing a compile of the real model).
+  monkeypatch.setattr(generator.objective, "velocity",
+                      lambda params, x, *rest: jnp.zeros_like(x))
+  sample = lambda **kw: generator.sample_latents(["a red circle"], [3], chunk.latent_shape,
+                                                 steps=7, guidance=1.0, stage_frames=0, **kw)
+  full, cool = sample(), sample(temperature=0.5)
+  assert float(jnp.std(full)) > 0.5  # the noise itself
+  np.testing.assert_allclose(cool, 0.5 * full, rtol=1e-6)
+  for bad in (0.0, 1.5):
+    with pytest.raises(configuration.ConfigError,
+                       match=rf"temperature={bad} is out of range; use \(0, 1\]"):
+      sample(temperature=bad)
+
+
 def test_rollout_pieces_continue_each_other(generator):
   chunk = prompting.Chunk(generator, frames=9)
   pieces = list(prompting.rollout(generator, ["a red square moving down"], [5], 17, chunk=chunk,

@@ -52,6 +52,14 @@ def guided_velocity(velocity_fn: VelocityFn, x: jax.Array, t: jax.Array,
   return unconditional + guidance * (conditional - unconditional)
 
 
+def check_temperature(temperature: float, name: str = "temperature") -> None:
+  """Sampling starts from noise scaled by `temperature`: 1 is the model's own prior; lower values
+  keep nearer the most likely sample, with less variety between seeds."""
+  if not 0.0 < temperature <= 1.0:
+    raise ValueError(f"{name}={temperature} is out of range; use (0, 1]: 1 samples from the full "
+                     "noise, lower values stay nearer the most likely clip")
+
+
 def _check_start(start: int, steps: int) -> None:
   if not 0 <= start < steps:
     raise ValueError(f"start={start} must be in [0, steps={steps})")
