@@ -185,10 +185,10 @@ def get_config(arg=None):
   config.sample.rollout_guidance = 2.5
   # Every rollout chunk after the first starts from its noise scaled by this (prompting.rollout):
   # a continuation's context already shows what the objects look like, and full noise redraws
-  # their look in every chunk, so over a minute some chunks cross to another shape. At 0.5 a
-  # depth-8 run keeps 99.6% of 24 held-out minutes' windows against 98.7% at 1 (21 whole against
-  # 20), at the price of a bouncing object about 9% slower (bench/RESULTS.md, issue 5
-  # twenty-fourth pass). The first chunk keeps the full noise, so seeds still differ.
+  # their look in every chunk, so over a minute some chunks cross to another shape. At 0.5 two
+  # depth-8 seeds keep 99.6% of 24 held-out minutes' windows each, against 98.7% and 99.4% at 1,
+  # at the price of a bouncing object about 9% slower (bench/RESULTS.md, issue 5 twenty-fourth
+  # pass). The first chunk keeps the full noise, so seeds still differ.
   config.sample.rollout_temperature = 0.5
 
   config.train = ml_collections.ConfigDict()
