@@ -270,6 +270,28 @@ def _window_verdict(video: np.ndarray, prompt: shapes.Prompt) -> str:
   return "kept" if verdict["shape"] else "misshaped"
 
 
+class BouncePace:
+  """A streamed video's bouncing object against the world's: its mean centroid step in its
+  prompt's color, over the steps whose both frames show that color, with each axis in units of
+  the world's bounce speed along it (2 TRAVEL of the frame per clip), so 1 is the world's pace."""
+
+  def __init__(self, prompt: shapes.Prompt, chunk: prompting.Chunk):
+    self.prompt, self.last, self.total, self.steps = prompt, None, 0.0, 0
+    self.scale = (np.array([chunk.width, chunk.height], np.float64) * 2 * shapes.TRAVEL
+                  / (chunk.frames - 1))
+
+  def add(self, frames: np.ndarray) -> None:
+    track = centroids(frames, self.prompt) / self.scale
+    if self.last is not None:
+      track = np.concatenate([self.last[None], track])
+    step = np.linalg.norm(np.diff(track, axis=0), axis=1)
+    step = step[np.isfinite(step)]
+    self.total, self.steps, self.last = self.total + step.sum(), self.steps + step.size, track[-1]
+
+  def speed(self) -> float | None:
+    return self.total / self.steps if self.steps else None
+
+
 def check_rollout_seeds(seeds: int, name: str = "rollout seeds") -> None:
   # bool is an int in Python; True is a slip, not one seed.
   if isinstance(seeds, bool) or not (isinstance(seeds, (int, np.integer)) and seeds >= 1):
@@ -294,7 +316,8 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   combinations. The other measures are of `prompts` alone: `misshaped_in_view` is the share of
   their in-view windows not kept whose object is there in its color but reads as another shape
   (nan when every window is kept); `first_sixth_in_view` and `last_sixth_in_view` the share kept
-  in the minute's first and last sixth, apart when the rollout drifts."""
+  in the minute's first and last sixth, apart when the rollout drifts; `bounce_pace` the
+  bouncing objects' mean speed against the world's (BouncePace; 1 is the world's pace)."""
   check_rollout_seeds(seeds)
   total = round(seconds * fps)
   if refresh is None:
@@ -316,11 +339,15 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
   window = chunk.frames - 1
   verdicts, carry, firsts, lasts = [[] for _ in videos_of], None, None, None
   seams, inside = [], []  # mean pixel change across each chunk boundary, and within chunks
+  bouncing = [i for i, p in enumerate(videos_of[:asked]) if p.objects[0].motion == "bouncing"]
+  paces = {i: BouncePace(videos_of[i], chunk) for i in bouncing}
   for piece in pieces:  # judged as it streams: nothing but one window is held per video
     if carry is not None:
       seams.extend(np.abs(p[0].astype(np.float32) - c[-1]).mean()
                    for c, p in zip(carry[:asked], piece[:asked]))
     inside.extend(np.median(frame_differences(p)[0]) for p in piece[:asked] if len(p) > 1)
+    for i, pace in paces.items():
+      pace.add(piece[i])
     carry = piece if carry is None else np.concatenate([carry, piece], axis=1)
     if firsts is None:
       firsts = carry[:asked, :window + 1].copy()
@@ -356,6 +383,9 @@ def rollout(generator, chunk, prompts, settings, seconds: float, fps: int,
                       # seams between chunks are no larger than a typical step.
                       "seam_over_median_step": float(np.median(seams) / max(
                           float(np.median(inside)), 1.0)) if seams and inside else float("nan"),
+                      # The bouncing objects' mean speed against the world's (1: its pace;
+                      # lower temperatures trade pace for kept windows, bench/RESULTS.md).
+                      "bounce_pace": _mean(pace.speed() for pace in paces.values()),
                       "refresh": refresh, "guidance": float(settings["guidance"]),
                       "temperature": float(settings["temperature"]),
                       "reference_windows_in_view": true_minute_kept(generator, chunk, prompts,

@@ -73,7 +73,9 @@ class VideoGenerator:
       self._prompts_dir = directory if writable and jax.process_index() == 0 else None
       self._prompts_tag = f"sampling-{uuid.uuid4().hex[:12]}"  # one file per generator
 
-  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12, 13))
+  # `temperature` is traced: a sweep over it, or a rollout's later chunks at another one than
+  # its first, reuse one compiled sampler.
+  @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
   def _generate(self, params, frozen, prompt, null_prompt, latent_shape, sampler, steps, guidance,
                 shift, stage_frames, start, given_time, temperature, seeds, given, given_latents,
                 source, anchor):
@@ -196,7 +198,8 @@ class VideoGenerator:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return self._generate(self.params, self.frozen, prompt, null_prompt,
                             tuple(latent_shape), sampler, steps, float(guidance), shift,
-                            int(stage_frames), start, float(given_noise), float(temperature),
+                            int(stage_frames), start, float(given_noise),
+                            jnp.asarray(temperature, jnp.float32),
                             jnp.asarray(seeds, jnp.uint32), given,
                             given_latents, source, anchor)
 

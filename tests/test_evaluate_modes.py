@@ -168,6 +168,7 @@ def test_rollout_measures_each_side_on_known_minutes(monkeypatch):
   assert metrics["windows"] == 9  # 80 frames: windows start every 8 frames up to frame 64
   assert metrics["first_sixth_in_view"] == 1.0 and metrics["last_sixth_in_view"] == 0.0
   assert metrics["misshaped_in_view"] == 1.0  # the lost windows still show a red object
+  assert 0.9 <= metrics["bounce_pace"] <= 1.05  # both halves bounce at the world's pace
   assert 4 / 9 <= metrics["color_and_shape_windows_in_view"] <= 5 / 9
   assert metrics["color_and_shape_windows"] == metrics["color_and_shape_windows_in_view"] / 2
   assert metrics["videos_kept_whole_in_view"] == 0.0
@@ -181,6 +182,25 @@ def test_rollout_measures_each_side_on_known_minutes(monkeypatch):
   assert len(asked[-1][0]) == 1  # no prompt in view: no counterpart either
   assert all(np.isnan(movers[k]) for k in ("first_sixth_in_view", "misshaped_in_view",
                                            "color_and_shape_windows_seen_in_view"))
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (32, 64), (64, 32)])
+def test_bounce_pace_is_one_at_the_worlds_speed_and_halves_in_slow_motion(height, width):
+  chunk = types.SimpleNamespace(frames=9, height=height, width=width)
+  for seed in range(3):  # bounces along either axis
+    prompt = shapes.Prompt((shapes.ObjectSpec("cyan", "square", "bouncing"),), "black")
+    minute = shapes.on_repeat(shapes.render_prompt(prompt, 9, height, width, seed), 80)
+    whole, streamed, slow = (evaluate_modes.BouncePace(prompt, chunk) for _ in range(3))
+    whole.add(minute)
+    for start in range(0, 80, 8):  # as a rollout streams it, steps across pieces included
+      streamed.add(minute[start:start + 8])
+    slow.add(np.repeat(minute, 2, axis=0))
+    assert 0.93 <= whole.speed() <= 1.05, (height, width, seed, whole.speed())
+    assert streamed.speed() == pytest.approx(whole.speed())
+    assert slow.speed() == pytest.approx(whole.speed() / 2, rel=0.02)
+  empty = evaluate_modes.BouncePace(prompt, chunk)
+  empty.add(np.zeros_like(minute))
+  assert empty.speed() is None  # never seen: no pace, not 0
 
 
 def test_the_true_minute_keeps_every_window_through_a_faithful_coder():

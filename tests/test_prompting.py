@@ -302,12 +302,17 @@ def test_rollout_temperature_defaults_to_one_in_runs_saved_before_it():
 def test_temperature_scales_the_noise_sampling_starts_from(generator, monkeypatch):
   chunk = prompting.Chunk(generator)
   # A stand-in model that never moves, so sampling returns the point it starts from (steps=7,
-  # used by no other test, keeps the sampler from reusing a compile of the real model).
+  # used by no other test, keeps the sampler from reusing a compile of the real model). It is
+  # called only while the sampler is traced, so `traces` counts compiles.
+  traces = []
   monkeypatch.setattr(generator.objective, "velocity",
-                      lambda params, x, *rest: jnp.zeros_like(x))
+                      lambda params, x, *rest: traces.append(x.shape) or jnp.zeros_like(x))
   sample = lambda **kw: generator.sample_latents(["a red circle"], [3], chunk.latent_shape,
                                                  steps=7, guidance=1.0, stage_frames=0, **kw)
-  full, cool = sample(), sample(temperature=0.5)
+  full = sample()
+  compiled = len(traces)
+  cool = sample(temperature=0.5)
+  assert compiled > 0 and len(traces) == compiled  # another temperature, the same compile
   assert float(jnp.std(full)) > 0.5  # the noise itself
   np.testing.assert_allclose(cool, 0.5 * full, rtol=1e-6)
   for bad in (0.0, 1.5):
