@@ -73,8 +73,7 @@ class VideoGenerator:
       self._prompts_dir = directory if writable and jax.process_index() == 0 else None
       self._prompts_tag = f"sampling-{uuid.uuid4().hex[:12]}"  # one file per generator
 
-  # `temperature` is traced: a sweep over it, or a rollout's later chunks at another one than
-  # its first, reuse one compiled sampler.
+  # `temperature` is traced, so a sweep over it reuses one compiled sampler.
   @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
   def _generate(self, params, frozen, prompt, null_prompt, latent_shape, sampler, steps, guidance,
                 shift, stage_frames, start, given_time, temperature, seeds, given, given_latents,
