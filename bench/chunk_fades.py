@@ -68,6 +68,8 @@ def fades(extend, prompts, placements: int, samples: int, phase_step: int, frame
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True)
+  parser.add_argument("--decoder", default=None,
+                      help="a decoder fine-tune of the run's VAE (configs/shapes/vae.py)")
   parser.add_argument("--placements", type=int, default=2, help="render seeds per prompt")
   parser.add_argument("--samples", type=int, default=16, help="chunk seeds per context")
   parser.add_argument("--phase_step", type=int, default=2,
@@ -83,7 +85,7 @@ def main():
   for name in ("placements", "samples", "phase_step"):
     if getattr(args, name) < 1:
       parser.error(f"--{name}={getattr(args, name)} must be 1 or more")
-  generator = VideoGenerator(args.workdir)
+  generator = VideoGenerator(args.workdir, decoder=args.decoder)
   chunk = prompting.Chunk(generator)
   if chunk.height != chunk.width:
     parser.error(f"the run's clips are {chunk.width}x{chunk.height}; this measures square ones")
@@ -109,7 +111,8 @@ def main():
                        chunk.frames, chunk.height,
                        chunk.video_frames(chunk.latents - 1, first=True))
   total = sum(counts.values())
-  print(json.dumps({"workdir": args.workdir, "guidance": guidance, "temperature": temperature,
+  print(json.dumps({"workdir": args.workdir, "decoder": args.decoder, "guidance": guidance,
+                    "temperature": temperature,
                     "anchor": anchored,
                     "chunks": total, "seconds": round(time.perf_counter() - start),
                     "lost": counts["lost"] / total, "misshaped": counts["misshaped"] / total}))

@@ -29,6 +29,8 @@ from sorajax.generation import VideoGenerator
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True)
+  parser.add_argument("--decoder", default=None,
+                      help="a decoder fine-tune of the run's VAE (configs/shapes/vae.py)")
   parser.add_argument("--seeds", type=int, default=4, help="rollouts per prompt")
   parser.add_argument("--seconds", type=float, default=60.0)
   parser.add_argument("--fps", type=int, default=8)
@@ -51,7 +53,7 @@ def main():
   parser.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=None,
                       help="show later chunks the first frame (default: if the run trained so)")
   args = parser.parse_args()
-  generator = VideoGenerator(args.workdir)
+  generator = VideoGenerator(args.workdir, decoder=args.decoder)
   try:  # before the long run
     evaluate_modes.check_rollout_seeds(args.seeds, "--seeds")
     if args.guidance is None:
@@ -70,7 +72,8 @@ def main():
   start = time.perf_counter()
   result = evaluate_modes.rollout(generator, prompting.Chunk(generator), prompts, settings,
                                   args.seconds, args.fps, args.refresh, args.seeds, args.seen)
-  print(json.dumps({"workdir": args.workdir, "settings": settings, "prompts": len(prompts),
+  print(json.dumps({"workdir": args.workdir, "decoder": args.decoder, "settings": settings,
+                    "prompts": len(prompts),
                     "seconds": round(time.perf_counter() - start),
                     "metrics": result["metrics"]}, default=float))
   if args.traces:

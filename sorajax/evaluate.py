@@ -25,6 +25,9 @@ from sorajax.evaluate_report import (ATTRIBUTES, two_places, write_modes, write_
                                      write_report)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A DiT run made by sorajax.train.")
+_DECODER = flags.DEFINE_string(
+    "decoder", None, "A VAE run fine-tuned from the DiT's VAE with its encoder kept "
+    "(configs/shapes/vae.py); its decoder draws the videos.")
 _OUT = flags.DEFINE_string("out", None, "Report folder (default: <workdir>/report).")
 _SEEDS = flags.DEFINE_integer("seeds", 4, "Samples per held-out prompt.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Videos generated per call.")
@@ -107,7 +110,7 @@ def main(argv):
   from sorajax import evaluate_modes, prompting  # pylint: disable=import-outside-toplevel
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
   out = _OUT.value or os.path.join(_WORKDIR.value, "report")
-  generator = VideoGenerator(_WORKDIR.value)
+  generator = VideoGenerator(_WORKDIR.value, decoder=_DECODER.value)
   if _GIVEN_NOISE.value is not None:  # before the held-out samples, not after
     generator.check_given_noise(_GIVEN_NOISE.value)
   try:  # the flag, or the run's own setting, before hours of judging
@@ -130,6 +133,7 @@ def main(argv):
   seconds = time.perf_counter() - start
   summary = summarise(rows)
   info = {"pace": summarise_pace(rows), "workdir": os.path.abspath(_WORKDIR.value),
+          "decoder": _DECODER.value and os.path.abspath(_DECODER.value),
           "step": generator.step,
           "prompts": len(rows) // _SEEDS.value, "seeds": _SEEDS.value, "seconds": seconds,
           "sampler_steps": _STEPS.value or generator.config.sample.steps,

@@ -51,7 +51,9 @@ def _checked_shift(objective, shift: float, latent_shape) -> float:
 class VideoGenerator:
   """Loads a DiT run (and the VAE it names) once; `generate` many times."""
 
-  def __init__(self, workdir: str, mesh=None):
+  def __init__(self, workdir: str, mesh=None, decoder: str | None = None):
+    """`decoder`: a VAE run fine-tuned from this run's VAE with its encoder kept
+    (configs/shapes/vae.py, "decoder fine-tune"), whose decoder draws the videos instead."""
     if mesh is None:
       mesh = mesh_lib.make_mesh({"data": -1})
     self.mesh = mesh
@@ -61,6 +63,9 @@ class VideoGenerator:
                         "sampling needs a DiT run")
     self.rules = mesh_lib.logical_rules(self.config.logical_rules)
     self.objective.prepare(workdir, training=False)
+    if decoder:
+      self.objective.frozen["vae"] = vae_objective.with_decoder_of(
+          decoder, self.objective.vae_config, self.objective.frozen["vae"], mesh)
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
     self.coder = vae_chunked.ChunkedCoder(self.objective.vae, self.frozen["vae"], DECODE_CHUNK)
     if self.objective.text_encoder is not None:

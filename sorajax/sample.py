@@ -13,6 +13,9 @@ or a clip made from the prompt first; --strength), edit (--input clip, --strengt
 file Pillow or PyAV reads; they are center-cropped, resized and trimmed to a size the model takes,
 and the changes are printed and recorded.
 
+`--decoder VAE_D` draws the videos with a decoder fine-tune of the run's VAE (configs/shapes/vae.py)
+in place of the VAE's own decoder.
+
 Sample i uses seed `--seed + i`: the same seed always gives the same video, different seeds differ.
 Writes <out>/<index>_<prompt>_seed<seed>.mp4 and .gif (.png for images), plus samples.json
 describing every file.
@@ -29,6 +32,9 @@ from sorajax import configuration, prompting
 from sorajax.data import video_io
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A DiT run made by sorajax.train.")
+_DECODER = flags.DEFINE_string(
+    "decoder", None, "A VAE run fine-tuned from the DiT's VAE with its encoder kept "
+    "(configs/shapes/vae.py); its decoder draws the videos.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Caption; repeat the flag for several prompts.")
 _MODE = flags.DEFINE_enum(
     "mode", "text", prompting.MODES, "What to make (see the module docstring).")
@@ -165,7 +171,7 @@ def main(argv):
   if not _WORKDIR.value or not _PROMPT.value:
     raise configuration.ConfigError("pass --workdir <DiT run> and at least one --prompt")
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
-  generator = VideoGenerator(_WORKDIR.value)
+  generator = VideoGenerator(_WORKDIR.value, decoder=_DECODER.value)
   captions, seeds = [], []
   for prompt in _PROMPT.value:
     for i in range(_NUM_SAMPLES.value):

@@ -80,6 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   if latest is None:
     state, shardings = state_lib.init_sharded_state(
         objective.init_params, optimizer, config.train.ema_decay, init_rng, mesh, rules)
+    state = state_lib.with_params(state, objective.starting_params(state.params))
   else:
     target, shardings = state_lib.abstract_state(
         objective.init_params, optimizer, config.train.ema_decay, mesh, rules)

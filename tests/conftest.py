@@ -69,6 +69,18 @@ def vae_workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def decoder_workdir(tmp_path_factory, vae_workdir):
+  """The tiny VAE's decoder fine-tuned on noised latents, its encoder kept (vae.init_workdir)."""
+  from sorajax import train  # pylint: disable=import-outside-toplevel
+  from tiny import VAE_CONFIG, tiny_config  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("decoder"))
+  train.train_and_evaluate(tiny_config(VAE_CONFIG, **{
+      "vae.init_workdir": vae_workdir, "vae.train_encoder": False, "vae.latent_noise": 0.5}),
+      workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
 def dit_workdir(tmp_path_factory, vae_workdir):
   """A tiny DiT run on the tiny VAE, trained to continue a prefix; shared by sampling tests."""
   from sorajax import train  # pylint: disable=import-outside-toplevel

@@ -166,6 +166,7 @@ def test_bad_evaluate_flags_fail_before_judging(dit_workdir, tmp_path, flags, ne
     (["--mode", "rollout", "--seconds", "1", "--refresh", "1.5"], ["refresh=1.5", "[0, 1)"]),
     (["--mode", "rollout", "--seconds", "1", "--temperature", "0"],
      ["temperature=0.0 is out of range", "(0, 1]"]),
+    (["--decoder", "{video}"], ["clip.mp4' holds no config.json", "sorajax.train workdir"]),
 ])
 def test_bad_prompting_input_is_one_line(dit_workdir, tmp_path, flags, needles):
   import numpy as np  # pylint: disable=import-outside-toplevel

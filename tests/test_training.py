@@ -170,12 +170,42 @@ def test_a_read_only_run_without_latent_stats_samples_as_trained(dit_workdir, tm
 def test_a_generator_restores_the_vae_once(dit_workdir, vae_workdir, monkeypatch):
   # Frozen weights (the VAE, a pretrained text encoder) load with the DiT's objective, built once.
   from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
-  restored, restore = [], dit_objective.restore_vae
-  monkeypatch.setattr(dit_objective, "restore_vae",
+  restored, restore = [], vae_objective.restore_vae
+  monkeypatch.setattr(vae_objective, "restore_vae",
                       lambda workdir, *args, **kwargs: (restored.append(workdir),
                                                         restore(workdir, *args, **kwargs))[1])
   VideoGenerator(dit_workdir)
   assert restored == [vae_workdir]
+
+
+def test_a_generator_draws_with_a_decoder_fine_tune_of_its_vae(dit_workdir, vae_workdir,
+                                                               decoder_workdir):
+  from sorajax.data import shapes  # pylint: disable=import-outside-toplevel
+  from sorajax.generation import VideoGenerator  # pylint: disable=import-outside-toplevel
+  plain, tuned = VideoGenerator(dit_workdir), VideoGenerator(dit_workdir, decoder=decoder_workdir)
+  clip = shapes.render_prompt(shapes.parse_caption(
+      "a red circle moving left on a black background"), 5, 16, 16, 0)[None]
+  latents = plain.encode(clip)
+  np.testing.assert_array_equal(tuned.encode(clip), latents)  # the DiT's latents mean the same
+  assert np.abs(tuned.decode(latents).astype(int) - plain.decode(latents)).max() > 0
+  # The run's own VAE as the decoder draws exactly what the run draws.
+  np.testing.assert_array_equal(VideoGenerator(dit_workdir, decoder=vae_workdir).decode(latents),
+                                plain.decode(latents))
+  with pytest.raises(configuration.ConfigError,
+                     match="holds a dit run; point --decoder at a VAE run's workdir$"):
+    VideoGenerator(dit_workdir, decoder=dit_workdir)
+
+
+def test_a_state_started_from_given_params_starts_its_ema_there_too():
+  zeros = {"w": jax.numpy.zeros(3)}
+  state = state_lib.TrainState(step=0, params=zeros, opt_state=(), ema_params=zeros)
+  assert state_lib.with_params(state, zeros) is state
+  started = state_lib.with_params(state, {"w": jax.numpy.ones(3)})
+  np.testing.assert_array_equal(started.ema_params["w"], np.ones(3))
+  # Its own buffer: the step donates params and EMA, and one buffer cannot be donated twice.
+  assert (started.ema_params["w"].unsafe_buffer_pointer()
+          != started.params["w"].unsafe_buffer_pointer())
+  assert state_lib.with_params(state.replace(ema_params=None), started.params).ema_params is None
 
 
 def test_sampling_is_deterministic_per_seed(dit_workdir):

@@ -13,6 +13,7 @@ from sorajax import configuration
 from sorajax.data import shapes
 from sorajax.data import video_io
 from sorajax.models import discriminator as disc_lib
+from sorajax.parallel import mesh as mesh_lib
 from sorajax.training import objectives
 from sorajax.training import reconstruction
 from sorajax.training import vae_objective
@@ -224,7 +225,79 @@ def test_the_judge_reads_shapes_in_reconstructions(monkeypatch, tmp_path):
   assert changed["eval/shape_margin"] < exact["eval/shape_margin"]
 
 
+def test_noised_latents_reach_the_decoder_and_a_kept_encoder_gets_no_gradient():
+  objective = _objective(latent_noise=0.5, train_encoder=False, init_workdir="unused")
+  params = _perturbed(objective)
+  batch = {"video": np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3), np.uint8)}
+  video = vae_objective.pixels_to_unit(batch["video"])
+  levels = []
+  for seed in range(4):
+    rng = jax.random.key(seed)
+    out = objective._noised_round_trip(params["vae"], video, rng)
+    posterior = np.exp(0.5 * np.asarray(out["logvar"])) * np.asarray(
+        jax.random.normal(jax.random.split(rng, 3)[0], out["mean"].shape))
+    spread = np.asarray(out["mean"]).std(axis=(0, 1, 2, 3))
+    # What the decoder sees beyond the posterior sample, in channel spreads, clip by clip.
+    levels += list(((np.asarray(out["z"]) - np.asarray(out["mean"]) - posterior) / spread).std(
+        axis=(1, 2, 3, 4)))
+  assert max(levels) < 0.5 * 1.2 and max(levels) > 0.25 and min(levels) < 0.5 * max(levels)
+  out = objective._noised_round_trip(params["vae"], video, KEY)
+  # The loss's reconstruction is that of the noised latents.
+  recon = objective.model.apply({"params": params["vae"]}, out["z"], method=objective.model.decode)
+  _, metrics = objective.loss(params, {}, batch, KEY, 0)
+  np.testing.assert_allclose(metrics["recon"], np.mean((np.asarray(recon) - video) ** 2),
+                             rtol=1e-4)
+  grads = lambda o: jax.grad(lambda p: o.loss(p, {}, batch, KEY, 0)[0])(params)["vae"]
+  norm = lambda tree: sum(float(np.abs(leaf).sum()) for leaf in jax.tree.leaves(tree))
+  kept = grads(objective)
+  assert norm(kept["encoder"]) == 0 and norm(kept["decoder"]) > 0
+  assert norm(grads(_objective(latent_noise=0.5))["encoder"]) > 0
+
+
+def test_a_decoder_fine_tune_starts_from_its_vae_and_keeps_the_encoder(vae_workdir,
+                                                                       decoder_workdir):
+  mesh = mesh_lib.make_mesh({"data": 8})
+  _, before, _ = vae_objective.restore_vae(vae_workdir, mesh)
+  _, after, _ = vae_objective.restore_vae(decoder_workdir, mesh)
+  jax.tree.map(np.testing.assert_array_equal, after["encoder"], before["encoder"])
+  fresh = nn.meta.unbox(_objective().init_params(KEY))["vae"]
+  distance = lambda a, b: sum(float(np.square(np.asarray(x) - np.asarray(y)).sum())
+                              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  moved = distance(after["decoder"], before["decoder"])
+  assert 0 < moved < 0.01 * distance(fresh["decoder"], before["decoder"])
+  # The same encoder on the same clips: the latent statistics a DiT normalises with are unchanged.
+  read = lambda w: json.load(open(os.path.join(w, vae_objective.LATENT_STATS_FILE)))
+  assert read(decoder_workdir)["std"] == read(vae_workdir)["std"]
+
+
+def test_a_decoder_swaps_in_only_over_the_same_encoder(vae_workdir, decoder_workdir):
+  mesh = mesh_lib.make_mesh({"data": 8})
+  config, params, _ = vae_objective.restore_vae(vae_workdir, mesh)
+  _, tuned, _ = vae_objective.restore_vae(decoder_workdir, mesh)
+  swapped = vae_objective.with_decoder_of(decoder_workdir, config, params, mesh)
+  assert swapped["encoder"] is params["encoder"] and swapped["decoder"] is not params["decoder"]
+  jax.tree.map(np.testing.assert_array_equal, swapped["decoder"], tuned["decoder"])
+  moved = {**params, "encoder": jax.tree.map(lambda x: x + 1e-3, params["encoder"])}
+  with pytest.raises(configuration.ConfigError, match="its encoder differs from the VAE"):
+    vae_objective.with_decoder_of(decoder_workdir, config, moved, mesh)
+  narrower = tiny_config(VAE_CONFIG, **{"vae.latent_channels": 8})
+  with pytest.raises(configuration.ConfigError, match="has vae.latent_channels=16 where 8"):
+    vae_objective.with_decoder_of(decoder_workdir, narrower, params, mesh)
+
+
+def test_a_decoder_fine_tune_from_another_architecture_names_the_field(vae_workdir, tmp_path):
+  from sorajax import train  # pylint: disable=import-outside-toplevel
+  config = tiny_config(VAE_CONFIG, **{"vae.init_workdir": vae_workdir,
+                                      "vae.refine_width": 5})
+  with pytest.raises(configuration.ConfigError,
+                     match=r"vae.init_workdir=.* has vae.refine_width=16 where 5 is needed"):
+    train.train_and_evaluate(config, str(tmp_path / "vae"))
+
+
 @pytest.mark.parametrize("field, value, message", [
+    ("latent_noise", -0.1, r"vae.latent_noise=-0.1 must be >= 0"),
+    ("train_encoder", False, "vae.train_encoder=False keeps the encoder a run starts with; set "
+                             "--config.vae.init_workdir"),
     ("adversarial_weight", -1.0, "vae.adversarial_weight=-1.0 and vae.adversarial_start=0 must be"),
     ("temporal_weight", -0.5, "vae.temporal_weight=-0.5 must be >= 0"),
     ("channels", (8, 0), "VAE channels=\\(8, 0\\) must be one or more positive widths"),
@@ -233,6 +306,13 @@ def test_the_judge_reads_shapes_in_reconstructions(monkeypatch, tmp_path):
 def test_bad_vae_settings_are_config_errors(field, value, message):
   with pytest.raises(configuration.ConfigError, match=message):
     _objective(**{field: value})
+
+
+def test_a_kept_encoder_refuses_weight_decay():
+  config = tiny_config(VAE_CONFIG, **{"vae.init_workdir": "x", "vae.train_encoder": False,
+                                      "train.weight_decay": 0.01})
+  with pytest.raises(configuration.ConfigError, match="train.weight_decay=0.01 would move"):
+    vae_objective.VAEObjective(config)
 
 
 def test_architecture_fields_override_the_variant():

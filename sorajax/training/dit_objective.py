@@ -60,17 +60,6 @@ def vae_step_to_train_on(config: ml_collections.ConfigDict, workdir: str) -> int
   return int(multihost_utils.broadcast_one_to_all(np.int32(held[-1])))
 
 
-def restore_vae(workdir: str, mesh, step: int | None = None):
-  """(saved config, weights, step) of the VAE run at `workdir`, at `step` (default: the latest)."""
-  config = load_saved_config(workdir)
-  if config.objective != "vae":
-    raise ConfigError(f"vae_workdir={workdir} holds a {config.objective} run; point "
-                      "--config.vae_workdir at a VAE run's workdir")
-  params, step = checkpoint_lib.restore_model_params(
-      workdir, config, vae_objective.VAEObjective(config, mesh), mesh, step=step)
-  return config, params, step
-
-
 class DiTObjective:
   """Rectified flow on normalised VAE latents, conditioned on caption tokens.
 
@@ -122,8 +111,8 @@ class DiTObjective:
                         f"only {checkpoint_lib.describe_steps(held)}; a DiT decodes with the VAE "
                         "step it trained on: keep that checkpoint (the VAE's "
                         "train.keep_checkpoints), or train the DiT on another")
-    self.vae_config, vae_params, self.vae_step = vae or restore_vae(config.vae_workdir, mesh,
-                                                                    vae_step)
+    self.vae_config, vae_params, self.vae_step = vae or vae_objective.restore_vae(
+        config.vae_workdir, mesh, vae_step)
     self.vae = vae_objective.build_vae(self.vae_config)
     self.temporal_factor = self.vae_config.vae.temporal_factor
     self.spatial_factor = self.vae_config.vae.spatial_factor
@@ -405,6 +394,9 @@ class DiTObjective:
                                                           mask)["params"]
     context = jnp.zeros(tokens.shape + (self.text_width,))
     return {"dit": self.dit.init(rng, latents, jnp.zeros((1,)), context, mask)["params"]}
+
+  def starting_params(self, params):
+    return params  # a DiT starts from its initialisation
 
   def train_flops(self, bucket) -> int:
     """3x the forward FLOPs (forward + backward) of the DiT and a learned text encoder per example,

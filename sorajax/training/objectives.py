@@ -3,6 +3,8 @@
 An objective owns its model(s) and exposes
   tokenizer             None, or what turns captions into tokens in the input pipeline
   init_params(rng)      boxed (logically named) parameters of the trainable model
+  starting_params(params)  what a new run starts from, given its initialised (sharded) params:
+                        those, or trained weights put in their place (a VAE's vae.init_workdir)
   frozen                a pytree of fixed inputs to the loss (e.g. a trained VAE), passed to the
                         step
   loss(params, frozen, batch, rng, step) -> (scalar loss, dict of scalar metrics)

@@ -52,6 +52,15 @@ def create_state(init_params, optimizer: optax.GradientTransformation, ema_decay
       ema_params=boxed if ema_decay > 0 else None)
 
 
+def with_params(state: TrainState, params) -> TrainState:
+  """A fresh `state` starting from `params` (placed as its own are); its EMA starts there too."""
+  if params is state.params:
+    return state
+  # The EMA gets copies: the step donates the state, and one buffer cannot be donated twice.
+  ema = None if state.ema_params is None else jax.tree.map(lambda x: x.copy(), params)
+  return state.replace(params=params, ema_params=ema)
+
+
 def state_shardings(abstract_boxed_state: TrainState, mesh, rules) -> TrainState:
   """Shardings for every leaf: params and EMA from their logical names (and over fsdp wherever
   it divides), optimizer moments like the params they track, scalars replicated."""

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sorajax.configuration import ConfigError, checked, write_json_atomic
+from sorajax.configuration import ConfigError, checked, load_saved_config, write_json_atomic
 from sorajax.data import pipeline, video_io
 from sorajax.models import discriminator as disc_lib
 from sorajax.models import factors
@@ -88,6 +88,20 @@ class VAEObjective:
       raise ConfigError(f"vae.adversarial_weight={self.adversarial_weight} and "
                         f"vae.adversarial_start={self.adversarial_start} must be >= 0 "
                         "(weight 0 turns the discriminator off)")
+    # A decoder fine-tune (configs/shapes/vae.py): start from a trained VAE, keep its encoder,
+    # and show the decoder noised latents.
+    self.init_workdir = v.get("init_workdir", "")
+    self.train_encoder = bool(v.get("train_encoder", True))
+    self.latent_noise = float(v.get("latent_noise", 0.0))
+    if self.latent_noise < 0:
+      raise ConfigError(f"vae.latent_noise={self.latent_noise} must be >= 0 (0 shows the decoder "
+                        "the encoder's latents as they are)")
+    if not self.train_encoder and not self.init_workdir:
+      raise ConfigError("vae.train_encoder=False keeps the encoder a run starts with; set "
+                        "--config.vae.init_workdir to the trained VAE run whose encoder to keep")
+    if not self.train_encoder and config.train.weight_decay:
+      raise ConfigError(f"train.weight_decay={config.train.weight_decay} would move the frozen "
+                        "encoder (vae.train_encoder=False); set --config.train.weight_decay=0")
     self.discriminator = None
     if self.adversarial_weight > 0:
       self.discriminator = disc_lib.PatchDiscriminator3D(
@@ -106,6 +120,19 @@ class VAEObjective:
       params["discriminator"] = self.discriminator.init(disc_rng, video)["params"]
     return params
 
+  def starting_params(self, params):
+    """`params` as freshly initialised, with the VAE of `vae.init_workdir` in place when set."""
+    if not self.init_workdir:
+      return params
+    init_config, trained, step = restore_vae(self.init_workdir, self.mesh,
+                                             flag="--config.vae.init_workdir")
+    check_same_architecture(self.config, init_config, f"vae.init_workdir={self.init_workdir}")
+    print(f"VAE weights from {self.init_workdir} (step {step})", flush=True)
+    # Each array placed as its freshly initialised counterpart is.
+    placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), trained,
+                          params["vae"])
+    return {**params, "vae": placed}
+
   def train_flops(self, bucket) -> int:
     del bucket
     return 0  # convolutions are not counted
@@ -117,7 +144,13 @@ class VAEObjective:
   def loss(self, params, frozen, batch, rng, step):
     del frozen
     video = pixels_to_unit(batch["video"])
-    out = self.model.apply({"params": params["vae"]}, video, sample_rng=rng)
+    vae_params = params["vae"]
+    if not self.train_encoder:  # no gradient, so Adam leaves it exactly as it is
+      vae_params = {**vae_params, "encoder": jax.lax.stop_gradient(vae_params["encoder"])}
+    if self.latent_noise > 0:
+      out = self._noised_round_trip(vae_params, video, rng)
+    else:
+      out = self.model.apply({"params": vae_params}, video, sample_rng=rng)
     recon_video = out["recon"].astype(jnp.float32)
     error = recon_video - video
     norm = jnp.abs if self.config.vae.recon_loss == "l1" else jnp.square
@@ -139,6 +172,20 @@ class VAEObjective:
       total = total + on * (self.adversarial_weight * generator + discriminator)
       metrics.update(generator=generator, discriminator=discriminator)
     return total, metrics
+
+  def _noised_round_trip(self, vae_params, video, rng) -> dict[str, jax.Array]:
+    """The model's round trip with the posterior sample noised further: each clip's latents get
+    Gaussian noise of up to vae.latent_noise (drawn uniformly per clip) times each channel's
+    spread in the batch, so the decoder learns to draw clean video from latents near the data's,
+    as a DiT samples them."""
+    sample_rng, level_rng, noise_rng = jax.random.split(rng, 3)
+    mean, logvar = self.model.apply({"params": vae_params}, video, method=self.model.encode)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(sample_rng, mean.shape, mean.dtype)
+    spread = jax.lax.stop_gradient(jnp.std(mean, axis=(0, 1, 2, 3)))
+    level = self.latent_noise * jax.random.uniform(level_rng, (mean.shape[0], 1, 1, 1, 1))
+    z = z + level * spread * jax.random.normal(noise_rng, mean.shape, mean.dtype)
+    recon = self.model.apply({"params": vae_params}, z, method=self.model.decode)
+    return dict(recon=recon, mean=mean, logvar=logvar, z=z)
 
   # -- evaluation and the statistics the DiT needs, from the trainer's hooks.
   def _reconstructor(self):
@@ -212,3 +259,41 @@ class VAEObjective:
       write_json_atomic(os.path.join(workdir, LATENT_STATS_FILE),
                         {"step": step, "clips": len(clips), "mean": latents.mean(axis=0).tolist(),
                          "std": (latents.std(axis=0) + 1e-6).tolist()})
+
+
+def restore_vae(workdir: str, mesh, step: int | None = None, flag: str = "--config.vae_workdir"):
+  """(saved config, weights, step) of the VAE run at `workdir`, at `step` (default: the latest);
+  `flag` is what named it, for the error when it holds another kind of run."""
+  config = load_saved_config(workdir)
+  if config.objective != "vae":
+    raise ConfigError(f"{flag.lstrip('-').replace('config.', '')}={workdir} holds a "
+                      f"{config.objective} run; point {flag} at a VAE run's workdir")
+  params, step = checkpoint_lib.restore_model_params(
+      workdir, config, VAEObjective(config, mesh), mesh, step=step)
+  return config, params, step
+
+
+def check_same_architecture(config, other, named: str) -> None:
+  """A ConfigError naming the first VAE field where `other`'s config differs from `config`'s."""
+  for name in ("variant", "temporal_factor", "spatial_factor", "latent_channels",
+               *VAE_ARCHITECTURE_FIELDS):
+    ours, theirs = config.vae.get(name), other.vae.get(name)
+    if ours != theirs:
+      raise ConfigError(f"{named} has vae.{name}={theirs!r} where {ours!r} is needed; weights "
+                        "carry over only between VAEs of one architecture")
+
+
+def with_decoder_of(workdir: str, vae_config, vae_params, mesh):
+  """`vae_params` with the decoder of the VAE run at `workdir`, which must be a decoder fine-tune
+  of them (vae.init_workdir and vae.train_encoder=False): the same encoder, so latents coded or
+  sampled for `vae_params` mean the same to the new decoder."""
+  config, params, step = restore_vae(workdir, mesh, flag="--decoder")
+  check_same_architecture(vae_config, config, f"decoder={workdir}")
+  ours, theirs = jax.device_get(vae_params["encoder"]), jax.device_get(params["encoder"])
+  if jax.tree.structure(ours) != jax.tree.structure(theirs) or not all(
+      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))):
+    raise ConfigError(f"decoder={workdir}: its encoder differs from the VAE this run's latents "
+                      "come from; train the decoder with --config.vae.init_workdir=<that VAE> "
+                      "--config.vae.train_encoder=False")
+  print(f"decoder from {workdir} (step {step})", flush=True)
+  return {**vae_params, "decoder": params["decoder"]}
