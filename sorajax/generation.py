@@ -65,7 +65,8 @@ class VideoGenerator:
     self.objective.prepare(workdir, training=False)
     if decoder:
       self.objective.frozen["vae"] = vae_objective.with_decoder_of(
-          decoder, self.objective.vae_config, self.objective.frozen["vae"], mesh)
+          decoder, self.objective.vae_config, self.objective.frozen["vae"], mesh,
+          f"the VAE at {self.config.vae_workdir}, step {self.objective.vae_step}")
     self.frozen = jax.device_put(self.objective.frozen, mesh_lib.replicated(mesh))
     self.coder = vae_chunked.ChunkedCoder(self.objective.vae, self.frozen["vae"], DECODE_CHUNK)
     if self.objective.text_encoder is not None:

@@ -192,7 +192,8 @@ def main(argv):
   records = []
   for index, (caption, seed, stem) in enumerate(zip(captions, seeds, stems)):
     record = {"mode": _MODE.value, "caption": caption, "seed": seed, "notes": notes,
-              "checkpoint_step": generator.step}
+              "checkpoint_step": generator.step,
+              "decoder": _DECODER.value and os.path.abspath(_DECODER.value)}
     if _MODE.value == "rollout":
       record.update(mp4=stem + ".mp4", frames=lengths[index])
     elif _MODE.value == "image":

@@ -278,7 +278,7 @@ def test_a_decoder_swaps_in_only_over_the_same_encoder(vae_workdir, decoder_work
   assert swapped["encoder"] is params["encoder"] and swapped["decoder"] is not params["decoder"]
   jax.tree.map(np.testing.assert_array_equal, swapped["decoder"], tuned["decoder"])
   moved = {**params, "encoder": jax.tree.map(lambda x: x + 1e-3, params["encoder"])}
-  with pytest.raises(configuration.ConfigError, match="its encoder differs from the VAE"):
+  with pytest.raises(configuration.ConfigError, match="its encoder differs from that of the VAE"):
     vae_objective.with_decoder_of(decoder_workdir, config, moved, mesh)
   narrower = tiny_config(VAE_CONFIG, **{"vae.latent_channels": 8})
   with pytest.raises(configuration.ConfigError, match="has vae.latent_channels=16 where 8"):
@@ -292,6 +292,9 @@ def test_a_decoder_fine_tune_from_another_architecture_names_the_field(vae_workd
   with pytest.raises(configuration.ConfigError,
                      match=r"vae.init_workdir=.* has vae.refine_width=16 where 5 is needed"):
     train.train_and_evaluate(config, str(tmp_path / "vae"))
+  config = tiny_config(VAE_CONFIG, **{"vae.init_workdir": vae_workdir, "vae.init_step": 7})
+  with pytest.raises(configuration.ConfigError, match="holds no step 7, only"):
+    train.train_and_evaluate(config, str(tmp_path / "vae_at_7"))
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -308,11 +311,22 @@ def test_bad_vae_settings_are_config_errors(field, value, message):
     _objective(**{field: value})
 
 
-def test_a_kept_encoder_refuses_weight_decay():
+@pytest.mark.parametrize("field", ["weight_decay", "ema_decay"])
+def test_a_kept_encoder_refuses_decay_and_averages(field):
   config = tiny_config(VAE_CONFIG, **{"vae.init_workdir": "x", "vae.train_encoder": False,
-                                      "train.weight_decay": 0.01})
-  with pytest.raises(configuration.ConfigError, match="train.weight_decay=0.01 would move"):
+                                      f"train.{field}": 0.01})
+  with pytest.raises(configuration.ConfigError,
+                     match=f"train.{field}=0.01 would move the kept encoder .*{field}=0$"):
     vae_objective.VAEObjective(config)
+
+
+def test_architectures_compare_saved_lists_as_tuples():
+  config = tiny_config(VAE_CONFIG, **{"vae.channels": (8, 16)})
+  saved = tiny_config(VAE_CONFIG, **{"vae.channels": [8, 16]})
+  vae_objective.check_same_architecture(config, saved, "saved")
+  saved.vae.channels = [8, 32]
+  with pytest.raises(configuration.ConfigError, match=r"saved has vae.channels=\(8, 32\) where"):
+    vae_objective.check_same_architecture(config, saved, "saved")
 
 
 def test_architecture_fields_override_the_variant():

@@ -91,6 +91,7 @@ class VAEObjective:
     # A decoder fine-tune (configs/shapes/vae.py): start from a trained VAE, keep its encoder,
     # and show the decoder noised latents.
     self.init_workdir = v.get("init_workdir", "")
+    self.init_step = int(v.get("init_step", 0)) or None  # 0: the run's latest
     self.train_encoder = bool(v.get("train_encoder", True))
     self.latent_noise = float(v.get("latent_noise", 0.0))
     if self.latent_noise < 0:
@@ -99,9 +100,10 @@ class VAEObjective:
     if not self.train_encoder and not self.init_workdir:
       raise ConfigError("vae.train_encoder=False keeps the encoder a run starts with; set "
                         "--config.vae.init_workdir to the trained VAE run whose encoder to keep")
-    if not self.train_encoder and config.train.weight_decay:
-      raise ConfigError(f"train.weight_decay={config.train.weight_decay} would move the frozen "
-                        "encoder (vae.train_encoder=False); set --config.train.weight_decay=0")
+    for name in ("weight_decay", "ema_decay"):  # decay moves it; an average rounds it
+      if not self.train_encoder and config.train[name]:
+        raise ConfigError(f"train.{name}={config.train[name]} would move the kept encoder "
+                          f"(vae.train_encoder=False); set --config.train.{name}=0")
     self.discriminator = None
     if self.adversarial_weight > 0:
       self.discriminator = disc_lib.PatchDiscriminator3D(
@@ -124,10 +126,11 @@ class VAEObjective:
     """`params` as freshly initialised, with the VAE of `vae.init_workdir` in place when set."""
     if not self.init_workdir:
       return params
-    init_config, trained, step = restore_vae(self.init_workdir, self.mesh,
+    init_config, trained, step = restore_vae(self.init_workdir, self.mesh, self.init_step,
                                              flag="--config.vae.init_workdir")
     check_same_architecture(self.config, init_config, f"vae.init_workdir={self.init_workdir}")
-    print(f"VAE weights from {self.init_workdir} (step {step})", flush=True)
+    if jax.process_index() == 0:
+      print(f"VAE weights from {self.init_workdir} (step {step})", flush=True)
     # Each array placed as its freshly initialised counterpart is.
     placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), trained,
                           params["vae"])
@@ -277,23 +280,27 @@ def check_same_architecture(config, other, named: str) -> None:
   """A ConfigError naming the first VAE field where `other`'s config differs from `config`'s."""
   for name in ("variant", "temporal_factor", "spatial_factor", "latent_channels",
                *VAE_ARCHITECTURE_FIELDS):
-    ours, theirs = config.vae.get(name), other.vae.get(name)
+    # A saved config holds JSON lists where a config file may hold tuples.
+    ours, theirs = (tuple(x) if isinstance(x, list) else x
+                    for x in (config.vae.get(name), other.vae.get(name)))
     if ours != theirs:
       raise ConfigError(f"{named} has vae.{name}={theirs!r} where {ours!r} is needed; weights "
                         "carry over only between VAEs of one architecture")
 
 
-def with_decoder_of(workdir: str, vae_config, vae_params, mesh):
+def with_decoder_of(workdir: str, vae_config, vae_params, mesh, origin: str = "the VAE"):
   """`vae_params` with the decoder of the VAE run at `workdir`, which must be a decoder fine-tune
   of them (vae.init_workdir and vae.train_encoder=False): the same encoder, so latents coded or
-  sampled for `vae_params` mean the same to the new decoder."""
+  sampled for `vae_params` mean the same to the new decoder. `origin` names where `vae_params`
+  came from, for the error."""
   config, params, step = restore_vae(workdir, mesh, flag="--decoder")
   check_same_architecture(vae_config, config, f"decoder={workdir}")
   ours, theirs = jax.device_get(vae_params["encoder"]), jax.device_get(params["encoder"])
   if jax.tree.structure(ours) != jax.tree.structure(theirs) or not all(
       np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))):
-    raise ConfigError(f"decoder={workdir}: its encoder differs from the VAE this run's latents "
-                      "come from; train the decoder with --config.vae.init_workdir=<that VAE> "
-                      "--config.vae.train_encoder=False")
-  print(f"decoder from {workdir} (step {step})", flush=True)
+    raise ConfigError(f"decoder={workdir}: its encoder differs from that of {origin}, which "
+                      "this run's latents come from; train the decoder from it (vae.init_workdir,"
+                      " vae.init_step) with --config.vae.train_encoder=False")
+  if jax.process_index() == 0:
+    print(f"decoder from {workdir} (step {step})", flush=True)
   return {**vae_params, "decoder": params["decoder"]}
