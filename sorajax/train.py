@@ -31,6 +31,7 @@ from sorajax.training import metrics as metrics_lib
 from sorajax.training import objectives
 from sorajax.training import state as state_lib
 from sorajax.training import step as step_lib
+from sorajax.training import vae_objective
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
@@ -46,6 +47,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     config = copy.deepcopy(config)
     with config.unlocked():
       config.vae_step = dit_objective.vae_step_to_train_on(config, workdir)
+  elif config.objective == "vae" and config.vae.get("init_workdir"):  # settled as the DiT's is
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.vae.init_step = vae_objective.init_step_to_start_from(config, workdir)
   if jax.process_index() == 0:
     configuration.save_config(config, workdir)
   logging.info("devices: %s", jax.devices())

@@ -14,6 +14,7 @@ from sorajax.data import shapes
 from sorajax.data import video_io
 from sorajax.models import discriminator as disc_lib
 from sorajax.parallel import mesh as mesh_lib
+from sorajax.training import checkpoint as checkpoint_lib
 from sorajax.training import objectives
 from sorajax.training import reconstruction
 from sorajax.training import vae_objective
@@ -230,18 +231,19 @@ def test_noised_latents_reach_the_decoder_and_a_kept_encoder_gets_no_gradient():
   params = _perturbed(objective)
   batch = {"video": np.random.default_rng(0).integers(0, 256, (2, 5, 16, 16, 3), np.uint8)}
   video = vae_objective.pixels_to_unit(batch["video"])
+  noised = lambda rng: objective.model.apply({"params": params["vae"]}, video, sample_rng=rng,
+                                             latent_noise=objective.latent_noise)
   levels = []
   for seed in range(4):
-    rng = jax.random.key(seed)
-    out = objective._noised_round_trip(params["vae"], video, rng)
-    posterior = np.exp(0.5 * np.asarray(out["logvar"])) * np.asarray(
-        jax.random.normal(jax.random.split(rng, 3)[0], out["mean"].shape))
-    spread = np.asarray(out["mean"]).std(axis=(0, 1, 2, 3))
-    # What the decoder sees beyond the posterior sample, in channel spreads, clip by clip.
-    levels += list(((np.asarray(out["z"]) - np.asarray(out["mean"]) - posterior) / spread).std(
-        axis=(1, 2, 3, 4)))
+    out = noised(jax.random.key(seed))
+    mean, noise = np.asarray(out["mean"]), np.asarray(out["noise"])
+    # z is the posterior sample plus the noise: what is left is unit Gaussian in posterior stds.
+    posterior = (np.asarray(out["z"]) - noise - mean) / np.exp(0.5 * np.asarray(out["logvar"]))
+    assert abs(posterior.std() - 1) < 0.15 and abs(posterior.mean()) < 0.2
+    # The noise in channel spreads, clip by clip.
+    levels += list((noise / mean.std(axis=(0, 1, 2, 3))).std(axis=(1, 2, 3, 4)))
   assert max(levels) < 0.5 * 1.2 and max(levels) > 0.25 and min(levels) < 0.5 * max(levels)
-  out = objective._noised_round_trip(params["vae"], video, KEY)
+  out = noised(KEY)
   # The loss's reconstruction is that of the noised latents.
   recon = objective.model.apply({"params": params["vae"]}, out["z"], method=objective.model.decode)
   _, metrics = objective.loss(params, {}, batch, KEY, 0)
@@ -295,6 +297,29 @@ def test_a_decoder_fine_tune_from_another_architecture_names_the_field(vae_workd
   config = tiny_config(VAE_CONFIG, **{"vae.init_workdir": vae_workdir, "vae.init_step": 7})
   with pytest.raises(configuration.ConfigError, match="holds no step 7, only"):
     train.train_and_evaluate(config, str(tmp_path / "vae_at_7"))
+  config = tiny_config(VAE_CONFIG, **{"vae.init_workdir": str(tmp_path)})
+  with pytest.raises(configuration.ConfigError, match="holds no config.json"):
+    train.train_and_evaluate(config, str(tmp_path / "vae_from_nothing"))
+  # Each refused before the run wrote anything.
+  assert not any((tmp_path / name).exists() for name in ("vae", "vae_at_7", "vae_from_nothing"))
+
+
+def test_a_decoder_fine_tune_records_the_step_it_started_from(vae_workdir, decoder_workdir):
+  began = configuration.load_saved_config(decoder_workdir).vae
+  assert began.init_workdir == vae_workdir
+  assert began.init_step == checkpoint_lib.saved_steps(vae_workdir)[-1] > 0
+
+
+def test_an_architecture_saved_before_its_field_compares_by_what_it_built():
+  saved = tiny_config(VAE_CONFIG)
+  with saved.unlocked():
+    del saved.vae["refine_width"]  # a run saved before the field existed built the default
+  built = vae_objective.build_vae(saved).refine_width
+  config = tiny_config(VAE_CONFIG, **{"vae.refine_width": built})
+  vae_objective.check_same_architecture(config, saved, "saved")
+  config.vae.refine_width = built + 1
+  with pytest.raises(configuration.ConfigError, match=rf"saved has vae.refine_width={built} where"):
+    vae_objective.check_same_architecture(config, saved, "saved")
 
 
 @pytest.mark.parametrize("field, value, message", [

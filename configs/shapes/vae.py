@@ -60,10 +60,11 @@ def get_config(arg=None):
   config.vae.adversarial_start = 0  # the step at which the adversarial terms switch on
   config.vae.discriminator_channels = (16, 32, 64)
   # A decoder fine-tune: start from the trained VAE run at init_workdir (at init_step; 0: its
-  # latest, which should be the step the DiTs decode with), keep its encoder (so
-  # its latents, their statistics and the DiTs trained on them stay valid) and show the decoder
-  # latents noised by up to latent_noise channel spreads, so it draws clean video from the near
-  # misses a DiT samples. Sample a DiT through it with --decoder (sorajax.sample, evaluate):
+  # latest, which should be the step the DiTs decode with; the run saves the step it took), keep
+  # its encoder (so its latents, their statistics and the DiTs trained on them stay valid) and
+  # show the decoder latents noised by up to latent_noise channel spreads, so it draws clean
+  # video from the near misses a DiT samples. Sample a DiT through it with --decoder
+  # (sorajax.sample, evaluate):
   #   python -m sorajax.train --config configs/shapes/vae.py:steps=3000,batch=8
   #     --config.vae.init_workdir=VAE --config.vae.train_encoder=False
   #     --config.vae.latent_noise=0.3 --config.train.learning_rate=2e-4 --workdir VAE_D

@@ -304,13 +304,27 @@ class CausalVideoVAE(nn.Module):
         frames_per_latent *= plan[i - 1][0]
     return math.ceil(reach)
 
-  def __call__(self, video: jax.Array, sample_rng: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Encode, sample z (the mean when `sample_rng` is None) and decode."""
+  def __call__(self, video: jax.Array, sample_rng: jax.Array | None = None,
+               latent_noise: float = 0.0) -> dict[str, jax.Array]:
+    """Encode, sample z (the mean when `sample_rng` is None) and decode.
+
+    `latent_noise` > 0 (with `sample_rng`) adds to the posterior sample Gaussian noise of up to
+    that many of each channel's spread in the batch, the level drawn uniformly per clip, so a
+    decoder learns to draw clean video from latents near the data's, as a DiT samples them; the
+    added noise comes back as "noise".
+    """
     mean, logvar = self.encode(video)
-    z = mean
+    z, out = mean, {}
     if sample_rng is not None:
+      if latent_noise > 0:  # no split otherwise: runs without it keep their random stream
+        sample_rng, level_rng, noise_rng = jax.random.split(sample_rng, 3)
       z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(sample_rng, mean.shape, mean.dtype)
-    return dict(recon=self.decode(z), mean=mean, logvar=logvar, z=z)
+      if latent_noise > 0:
+        spread = jax.lax.stop_gradient(jnp.std(mean, axis=(0, 1, 2, 3)))
+        level = latent_noise * jax.random.uniform(level_rng, (mean.shape[0], 1, 1, 1, 1))
+        out["noise"] = level * spread * jax.random.normal(noise_rng, mean.shape, mean.dtype)
+        z = z + out["noise"]
+    return dict(recon=self.decode(z), mean=mean, logvar=logvar, z=z, **out)
 
 
 def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:

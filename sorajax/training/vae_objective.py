@@ -3,12 +3,14 @@ reconstruction, with the pixel scaling and the model builder the DiT objective s
 objectives.py lists the interface every objective exposes."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from sorajax.configuration import ConfigError, checked, load_saved_config, write_json_atomic
 from sorajax.data import pipeline, video_io
@@ -150,10 +152,8 @@ class VAEObjective:
     vae_params = params["vae"]
     if not self.train_encoder:  # no gradient, so Adam leaves it exactly as it is
       vae_params = {**vae_params, "encoder": jax.lax.stop_gradient(vae_params["encoder"])}
-    if self.latent_noise > 0:
-      out = self._noised_round_trip(vae_params, video, rng)
-    else:
-      out = self.model.apply({"params": vae_params}, video, sample_rng=rng)
+    out = self.model.apply({"params": vae_params}, video, sample_rng=rng,
+                           latent_noise=self.latent_noise)
     recon_video = out["recon"].astype(jnp.float32)
     error = recon_video - video
     norm = jnp.abs if self.config.vae.recon_loss == "l1" else jnp.square
@@ -175,20 +175,6 @@ class VAEObjective:
       total = total + on * (self.adversarial_weight * generator + discriminator)
       metrics.update(generator=generator, discriminator=discriminator)
     return total, metrics
-
-  def _noised_round_trip(self, vae_params, video, rng) -> dict[str, jax.Array]:
-    """The model's round trip with the posterior sample noised further: each clip's latents get
-    Gaussian noise of up to vae.latent_noise (drawn uniformly per clip) times each channel's
-    spread in the batch, so the decoder learns to draw clean video from latents near the data's,
-    as a DiT samples them."""
-    sample_rng, level_rng, noise_rng = jax.random.split(rng, 3)
-    mean, logvar = self.model.apply({"params": vae_params}, video, method=self.model.encode)
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(sample_rng, mean.shape, mean.dtype)
-    spread = jax.lax.stop_gradient(jnp.std(mean, axis=(0, 1, 2, 3)))
-    level = self.latent_noise * jax.random.uniform(level_rng, (mean.shape[0], 1, 1, 1, 1))
-    z = z + level * spread * jax.random.normal(noise_rng, mean.shape, mean.dtype)
-    recon = self.model.apply({"params": vae_params}, z, method=self.model.decode)
-    return dict(recon=recon, mean=mean, logvar=logvar, z=z)
 
   # -- evaluation and the statistics the DiT needs, from the trainer's hooks.
   def _reconstructor(self):
@@ -264,28 +250,64 @@ class VAEObjective:
                          "std": (latents.std(axis=0) + 1e-6).tolist()})
 
 
-def restore_vae(workdir: str, mesh, step: int | None = None, flag: str = "--config.vae_workdir"):
-  """(saved config, weights, step) of the VAE run at `workdir`, at `step` (default: the latest);
-  `flag` is what named it, for the error when it holds another kind of run."""
+def _saved_vae_config(workdir: str, flag: str) -> ml_collections.ConfigDict:
   config = load_saved_config(workdir)
   if config.objective != "vae":
     raise ConfigError(f"{flag.lstrip('-').replace('config.', '')}={workdir} holds a "
                       f"{config.objective} run; point {flag} at a VAE run's workdir")
+  return config
+
+
+def restore_vae(workdir: str, mesh, step: int | None = None, flag: str = "--config.vae_workdir"):
+  """(saved config, weights, step) of the VAE run at `workdir`, at `step` (default: the latest);
+  `flag` is what named it, for the error when it holds another kind of run."""
+  config = _saved_vae_config(workdir, flag)
   params, step = checkpoint_lib.restore_model_params(
       workdir, config, VAEObjective(config, mesh), mesh, step=step)
   return config, params, step
 
 
+def init_step_to_start_from(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """The step of `vae.init_workdir` a VAE run at `workdir` starts from, settled before the run's
+  config is saved, so the config names the weights it began with and a wrong init_workdir fails
+  before anything is written: on a resumed run the one it began with (its own checkpoint holds
+  the weights); else `vae.init_step`, or with 0 the latest, as process 0 finds it."""
+  v = config.vae
+  if checkpoint_lib.saved_steps(workdir) and os.path.isfile(os.path.join(workdir, "config.json")):
+    return load_saved_config(workdir).vae.get("init_step", 0)
+  init_config = _saved_vae_config(v.init_workdir, "--config.vae.init_workdir")
+  check_same_architecture(config, init_config, f"vae.init_workdir={v.init_workdir}")
+  step = checkpoint_lib.require_checkpoint(v.init_workdir, v.get("init_step", 0) or None)
+  return int(multihost_utils.broadcast_one_to_all(np.int32(step)))
+
+
+def _architecture(config: ml_collections.ConfigDict) -> dict:
+  """What fixes a VAE's weights' shapes and meaning: its model's fields, the variant's defaults
+  filled in (so a run saved before a field existed compares by what it built)."""
+  model = build_vae(config)
+  return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+          if f.name not in ("parent", "name", "dtype")}
+
+
 def check_same_architecture(config, other, named: str) -> None:
-  """A ConfigError naming the first VAE field where `other`'s config differs from `config`'s."""
-  for name in ("variant", "temporal_factor", "spatial_factor", "latent_channels",
-               *VAE_ARCHITECTURE_FIELDS):
-    # A saved config holds JSON lists where a config file may hold tuples.
-    ours, theirs = (tuple(x) if isinstance(x, list) else x
-                    for x in (config.vae.get(name), other.vae.get(name)))
-    if ours != theirs:
-      raise ConfigError(f"{named} has vae.{name}={theirs!r} where {ours!r} is needed; weights "
-                        "carry over only between VAEs of one architecture")
+  """A ConfigError naming the first VAE field where `other`'s config builds a different model
+  from `config`'s."""
+  ours, theirs = _architecture(config), _architecture(other)
+  for name, value in ours.items():
+    if theirs[name] != value:
+      raise ConfigError(f"{named} has vae.{name}={theirs[name]!r} where {value!r} is needed; "
+                        "weights carry over only between VAEs of one architecture")
+
+
+def _same_weights(ours, theirs) -> bool:
+  """Whether two weight trees are equal leaf for leaf, compared where they live (one jitted
+  reduction: nothing gathered to the host, so it holds for weights split across processes)."""
+  if jax.tree.structure(ours) != jax.tree.structure(theirs) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))):
+    return False
+  equal = jax.jit(lambda a, b: jnp.all(jnp.stack([
+      jnp.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])))
+  return bool(equal(ours, theirs))
 
 
 def with_decoder_of(workdir: str, vae_config, vae_params, mesh, origin: str = "the VAE"):
@@ -295,9 +317,7 @@ def with_decoder_of(workdir: str, vae_config, vae_params, mesh, origin: str = "t
   came from, for the error."""
   config, params, step = restore_vae(workdir, mesh, flag="--decoder")
   check_same_architecture(vae_config, config, f"decoder={workdir}")
-  ours, theirs = jax.device_get(vae_params["encoder"]), jax.device_get(params["encoder"])
-  if jax.tree.structure(ours) != jax.tree.structure(theirs) or not all(
-      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))):
+  if not _same_weights(vae_params["encoder"], params["encoder"]):
     raise ConfigError(f"decoder={workdir}: its encoder differs from that of {origin}, which "
                       "this run's latents come from; train the decoder from it (vae.init_workdir,"
                       " vae.init_step) with --config.vae.train_encoder=False")
