@@ -2,13 +2,17 @@ r"""What the world's judge reads in true clips after a VAE codes them: the ceili
 that VAE is judged against.
 
   python bench/judge_ceiling.py --workdir runs/demo/vae [--placements 200] [--all]
+      [--latent_noise 0.5]
 
 Renders --placements clips (9 frames, 32x32; a render seed each, so a size and place each) of every
 held-out prompt whose object stays in view (standing still or bouncing: the ones a minute-long
 rollout is judged on; --all: every held-out prompt), codes and decodes them with the VAE at
 --workdir (a VAE run, or a DiT run: the VAE it trained on), and judges each clip as one rollout
-window is judged. Per prompt: the share of clips whose shape is read right, raw and coded, and the
-shape margin (shapes_judge.shape_margin: how far the reading is from flipping), mean and lowest.
+window is judged. Per prompt: the share of clips whose shape is read right, raw and coded, and
+the shape margin (shapes_judge.shape_margin: how far the reading is from flipping), mean and
+lowest. With --latent_noise S each clip's latents get Gaussian noise of S times each channel's std
+(the VAE's stored latent statistics) before decoding: how near the data's latents a generator
+must sample for the judge to read its drawing right.
 A generator reproduces its VAE's drawings at best, so a coded clip read as another shape is a
 window no rollout on that VAE keeps at that size and place.
 Prints one JSON line.
@@ -18,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 
+import jax
 import numpy as np
 
 from sorajax import evaluate_modes
@@ -30,17 +36,35 @@ from sorajax.training import objectives
 from sorajax.training import vae_objective
 
 
-def load_coder(workdir: str):
-  """(code, vae_workdir, step): `code` maps uint8 clips (N, T, H, W, 3) to their VAE round trip."""
+def load_coder(workdir: str, latent_noise: float = 0.0):
+  """(code, vae_workdir, step): `code` maps uint8 clips (N, T, H, W, 3) to their VAE round trip,
+  the latents noised by `latent_noise` channel stds."""
   config = load_saved_config(workdir)
   vae_workdir, step = workdir, None
   if config.objective == "dit":  # the VAE and step the DiT trained on
     vae_workdir, step = config.vae_workdir, config.get("vae_step") or None
   mesh = mesh_lib.make_mesh({"data": -1})
   _, objective, params, step = objectives.restore_run(vae_workdir, mesh, step=step)
+  if latent_noise <= 0:
+    def code(clips):
+      return np.asarray(vae_objective.unit_to_pixels(objective.reconstruct(params, clips)[0]))
+    return code, vae_workdir, step
 
-  def code(clips):
-    return np.asarray(vae_objective.unit_to_pixels(objective.reconstruct(params, clips)[0]))
+  with open(os.path.join(vae_workdir, vae_objective.LATENT_STATS_FILE)) as f:
+    std = np.asarray(json.load(f)["std"], np.float32)
+  model = objective.model
+
+  @jax.jit
+  def noised_round_trip(clips, key):
+    video = vae_objective.pixels_to_unit(clips)
+    mean, _ = model.apply({"params": params}, video, method=model.encode)
+    z = mean + latent_noise * std * jax.random.normal(key, mean.shape, mean.dtype)
+    return vae_objective.unit_to_pixels(model.apply({"params": params}, z, method=model.decode))
+
+  def code(clips):  # the same noise for the same clips, whatever else is coded
+    size = objective.config.train.batch_size
+    return np.concatenate([np.asarray(noised_round_trip(clips[i:i + size], jax.random.key(i)))
+                           for i in range(0, len(clips), size)])
   return code, vae_workdir, step
 
 
@@ -79,14 +103,19 @@ def main():
   parser.add_argument("--frames", type=int, default=9)
   parser.add_argument("--size", type=int, default=32)
   parser.add_argument("--all", action="store_true", help="every held-out prompt, not only in-view")
+  parser.add_argument("--latent_noise", type=float, default=0.0,
+                      help="Gaussian noise on the latents before decoding, in channel stds")
   args = parser.parse_args()
   if args.placements < 1:
     parser.error(f"--placements={args.placements} must be 1 or more")
-  code, vae_workdir, step = load_coder(args.workdir)
+  if args.latent_noise < 0:
+    parser.error(f"--latent_noise={args.latent_noise} must be >= 0 (0: the posterior mean)")
+  code, vae_workdir, step = load_coder(args.workdir, args.latent_noise)
   prompts = [p for p in shapes.held_out_prompts("black") if args.all or evaluate_modes.in_view(p)]
   start = time.perf_counter()
   coded_shape, rows = ceiling(code, prompts, args.placements, args.frames, args.size)
   print(json.dumps({"vae_workdir": vae_workdir, "vae_step": step, "placements": args.placements,
+                    "latent_noise": args.latent_noise,
                     "seconds": round(time.perf_counter() - start),
                     "coded_shape": coded_shape, "prompts": rows}))
 

@@ -65,3 +65,12 @@ def test_a_coder_that_misdraws_one_prompt_is_charged_to_that_prompt(prompts):
   assert all(row["coded_shape"] == 1.0 for caption, row in rows.items()
              if caption != cyan_square.caption)
   assert kept == pytest.approx(1 - 1 / len(prompts))
+
+
+def test_a_noised_coder_is_repeatable_and_strays_further_with_more_noise(vae_workdir, prompts):
+  clips = np.stack([shapes.render_prompt(prompts[0], 5, 16, 16, seed) for seed in range(4)])
+  error = lambda coded: float(np.abs(coded.astype(np.float32) - clips).mean())
+  clean = judge_ceiling.load_coder(vae_workdir)[0](clips)
+  small, large = (judge_ceiling.load_coder(vae_workdir, noise)[0] for noise in (0.5, 5.0))
+  np.testing.assert_array_equal(small(clips), small(clips))
+  assert error(clean) < error(small(clips)) < error(large(clips))
