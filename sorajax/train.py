@@ -47,12 +47,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     config = copy.deepcopy(config)
     with config.unlocked():
       config.vae_step = dit_objective.vae_step_to_train_on(config, workdir)
-  elif config.objective == "vae" and config.vae.get("init_workdir"):  # settled as the DiT's is
+  elif config.objective == "vae":  # where a fine-tune starts, settled as the DiT's VAE step is
     config = copy.deepcopy(config)
     with config.unlocked():
       config.vae.init_step = vae_objective.init_step_to_start_from(config, workdir)
-  if jax.process_index() == 0:
-    configuration.save_config(config, workdir)
   logging.info("devices: %s", jax.devices())
 
   # ---------------------------------------------------------------------------------------------
@@ -68,6 +66,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   # Objective (model + loss) and input.
   # ---------------------------------------------------------------------------------------------
   objective = objectives.build_objective(config, mesh)
+  if jax.process_index() == 0:  # once the config has passed the objective's checks
+    configuration.save_config(config, workdir)
   objective.prepare(workdir)
   batches = pipeline.train_batches(config, mesh, objective.tokenizer, objective.train_sources,
                                   objective.prompt_table)

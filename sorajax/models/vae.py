@@ -311,8 +311,10 @@ class CausalVideoVAE(nn.Module):
     `latent_noise` > 0 (with `sample_rng`) adds to the posterior sample Gaussian noise of up to
     that many of each channel's spread in the batch, the level drawn uniformly per clip, so a
     decoder learns to draw clean video from latents near the data's, as a DiT samples them; the
-    added noise comes back as "noise".
+    added noise comes back as "noise". `latent_noise` is static (a Python float).
     """
+    if latent_noise > 0 and sample_rng is None:
+      raise ValueError(f"latent_noise={latent_noise} needs a sample_rng to draw the noise from")
     mean, logvar = self.encode(video)
     z, out = mean, {}
     if sample_rng is not None:

@@ -4,6 +4,7 @@ objectives.py lists the interface every objective exposes."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import jax
@@ -268,17 +269,44 @@ def restore_vae(workdir: str, mesh, step: int | None = None, flag: str = "--conf
 
 
 def init_step_to_start_from(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """The step of `vae.init_workdir` a VAE run at `workdir` starts from, settled before the run's
-  config is saved, so the config names the weights it began with and a wrong init_workdir fails
-  before anything is written: on a resumed run the one it began with (its own checkpoint holds
-  the weights); else `vae.init_step`, or with 0 the latest, as process 0 finds it."""
-  v = config.vae
+  """The step of `vae.init_workdir` a VAE run at `workdir` starts from (0: it starts fresh).
+
+  Settled before the run's config is saved, so the config names the weights the run began with
+  and a wrong init_workdir fails before anything is written. A resumed run keeps what it began
+  from (its own checkpoint holds the weights; another init_workdir or init_step is refused); a
+  new one takes `vae.init_step`, or with 0 the latest, as process 0 finds it.
+  """
+  asked_workdir, asked_step = config.vae.get("init_workdir", ""), config.vae.get("init_step", 0)
   if checkpoint_lib.saved_steps(workdir) and os.path.isfile(os.path.join(workdir, "config.json")):
-    return load_saved_config(workdir).vae.get("init_step", 0)
-  init_config = _saved_vae_config(v.init_workdir, "--config.vae.init_workdir")
-  check_same_architecture(config, init_config, f"vae.init_workdir={v.init_workdir}")
-  step = checkpoint_lib.require_checkpoint(v.init_workdir, v.get("init_step", 0) or None)
+    return _init_step_resumed(load_saved_config(workdir), workdir, asked_workdir, asked_step)
+  if not asked_workdir:
+    return 0
+  flag = f"vae.init_workdir={asked_workdir}"
+  try:
+    init_config = _saved_vae_config(asked_workdir, "--config.vae.init_workdir")
+    check_same_architecture(config, init_config, flag)
+    step = checkpoint_lib.require_checkpoint(asked_workdir, asked_step or None)
+  except ConfigError as e:
+    raise ConfigError(str(e) if str(e).startswith(flag) else f"{flag}: {e}") from e
   return int(multihost_utils.broadcast_one_to_all(np.int32(step)))
+
+
+def _init_step_resumed(began, workdir: str, asked_workdir: str, asked_step: int) -> int:
+  if began.objective != "vae":
+    raise ConfigError(f"{workdir} holds a {began.objective} run, not a VAE run; resume it with "
+                      "its own config or pick another --workdir")
+  began_workdir, began_step = began.vae.get("init_workdir", ""), began.vae.get("init_step", 0)
+  where = lambda path: os.path.realpath(path) if path else ""
+  if where(began_workdir) != where(asked_workdir):
+    raise ConfigError(f"{workdir} began from vae.init_workdir={began_workdir or '(none)'}; resume "
+                      f"with --config.vae.init_workdir={began_workdir}")
+  if asked_step and began_step and asked_step != began_step:
+    raise ConfigError(f"{workdir} began from step {began_step} of its init_workdir; resume with "
+                      f"--config.vae.init_step={began_step} (or 0)")
+  if began_workdir and not began_step:
+    logging.warning("%s was saved before runs recorded the step they started from", workdir)
+    return asked_step
+  return int(began_step)
 
 
 def _architecture(config: ml_collections.ConfigDict) -> dict:
@@ -295,8 +323,11 @@ def check_same_architecture(config, other, named: str) -> None:
   ours, theirs = _architecture(config), _architecture(other)
   for name, value in ours.items():
     if theirs[name] != value:
-      raise ConfigError(f"{named} has vae.{name}={theirs[name]!r} where {value!r} is needed; "
-                        "weights carry over only between VAEs of one architecture")
+      variants = (f" (vae.variant={other.vae.variant!r} there, {config.vae.variant!r} here)"
+                  if other.vae.variant != config.vae.variant else "")
+      raise ConfigError(f"{named} has vae.{name}={theirs[name]!r} where {value!r} is needed"
+                        f"{variants}; weights carry over only between VAEs of one architecture: "
+                        "match this run's vae settings to it or use a VAE built like this one")
 
 
 def _same_weights(ours, theirs) -> bool:
