@@ -70,6 +70,9 @@ def get_config(arg=None):
   #     --config.vae.latent_noise=0.3 --config.train.learning_rate=2e-4 --workdir VAE_D
   # (bench/RESULTS.md, issue 5 twenty-sixth pass, with the DiTs' --config.data.bounce_phase=any).
   # The kept encoder needs train.weight_decay and train.ema_decay 0 (both are here).
+  # latent_noise=0.3 from the first step (train_encoder=True, no init_workdir) costs 1.4 dB held
+  # out, but the depth-8 DiT on it kept every window of its 24 counted minutes at 9600 steps
+  # (bench/RESULTS.md, issue 5 twenty-seventh pass).
   config.vae.init_workdir = ""
   config.vae.init_step = 0
   config.vae.train_encoder = True
